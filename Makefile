@@ -1,0 +1,44 @@
+# The two commands: `make run` (the whole stack, natively) and `make test` (every check).
+# Both install what they need first: Debian packages with apt, Python packages in .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: run test lint deps system-packages cert lock clean
+
+run: deps ## Run redis, gunicorn and nginx in the foreground; HTTPS on :5000
+	$(PY) -m native.run
+
+test: deps lint ## Lints, then every test (unit and end-to-end on the real native stack)
+	$(PY) -m pytest
+
+lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the compose schema
+	ruff check .
+	ruff format --check .
+	hadolint Dockerfile
+	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+deps: system-packages $(VENV)/.installed
+
+system-packages:
+	scripts/install-system-packages
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+cert: ## Make a new self-signed development certificate (localhost.crt) and its key
+	scripts/make-dev-cert
+
+lock: $(VENV)/.installed ## Re-pin requirements*.txt from requirements*.in
+	$(PY) -m pip install -q pip-tools
+	pip-compile -q --strip-extras --no-header --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links -o requirements.txt requirements.in
+	pip-compile -q --strip-extras --no-header --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+
+clean: ## Remove the venv and the native stack's state (stored messages included)
+	rm -rf $(VENV) .state

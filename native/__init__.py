@@ -1,0 +1,1 @@
+"""The native stack: the same processes and config files as docker compose, without Docker."""

@@ -1,0 +1,3 @@
+"""The content-addressed message service."""
+
+__version__ = "0.1.0"

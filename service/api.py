@@ -1,0 +1,150 @@
+"""The /messages API and the JSON error handlers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from service.store import MessageStore, StoreFull, StoreUnavailable
+
+bp = Blueprint("messages", __name__)
+
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class ApiError(Exception):
+    """An error answered as {"err_msg": ...} with the given status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _store() -> MessageStore:
+    return current_app.extensions["message_store"]
+
+
+@bp.post("/messages")
+def post_message() -> tuple[Response, int]:
+    """Store a message and answer its digest."""
+    data = _read_message(current_app.extensions["settings"].max_message_bytes)
+    digest, _created = _store().put(data)
+    response = jsonify(digest=digest)
+    response.headers["Location"] = f"/messages/{digest}"
+    return response, 201
+
+
+@bp.get("/messages/<digest>")
+def get_message(digest: str) -> Response:
+    """Answer the message stored under a digest (either case)."""
+    if not _DIGEST.fullmatch(digest):
+        raise ApiError(400, "Digest must be 64 hexadecimal characters (SHA-256)")
+    data = _store().get(digest.lower())
+    if data is None:
+        raise ApiError(404, "Message not found")
+    return jsonify(message=data.decode("utf-8"))
+
+
+def _read_message(max_message_bytes: int) -> bytes:
+    """The UTF-8 bytes of the request's message, or an ApiError saying what is wrong."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "Content-Type must be application/json")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiError(415, "JSON must be encoded as UTF-8")
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    doc = _parse_json(body)
+    if not isinstance(doc, dict):
+        raise ApiError(400, 'Body must be a JSON object like {"message": "..."}')
+    if "message" not in doc:
+        raise ApiError(400, "Field 'message' is missing")
+    if len(doc) > 1:
+        raise ApiError(400, "Only the field 'message' is allowed")
+    message = doc["message"]
+    if not isinstance(message, str):
+        raise ApiError(400, "Field 'message' must be a string")
+    try:
+        data = message.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "Field 'message' contains an unpaired surrogate") from None
+    if len(data) > max_message_bytes:
+        raise ApiError(413, f"Message is larger than {max_message_bytes} bytes")
+    return data
+
+
+def _parse_json(body: bytes) -> object:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "Body is not valid UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicates,
+                          parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "Body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, over-long integers, our own checks
+        raise ApiError(400, f"Body is not valid JSON: {exc}") from None
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in object")
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify(err_msg=message)
+    response.status_code = status
+    return response
+
+
+def _api_error(exc: ApiError) -> Response:
+    return _error(exc.status, exc.message)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return _error(413, f"Request body is larger than {limit} bytes")
+    # Werkzeug's default descriptions are HTML-oriented prose; its short names read better.
+    custom = exc.description != type(exc).description
+    response = _error(exc.code or 500, exc.description if custom else exc.name)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _store_unavailable(exc: StoreUnavailable) -> Response:
+    current_app.logger.warning("store unavailable: %s", exc)
+    response = _error(503, "Store unavailable, try again later")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _store_full(exc: StoreFull) -> Response:
+    current_app.logger.error("store full: %s", exc)
+    return _error(507, "Store is full, message not stored")
+
+
+def _unexpected(exc: Exception) -> Response:
+    current_app.logger.exception("unhandled error")
+    return _error(500, "Internal server error")
+
+
+def init_app(app: Flask) -> None:
+    """Register the API and answer every error, the framework's own included, as JSON."""
+    app.register_blueprint(bp)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(StoreUnavailable, _store_unavailable)
+    app.register_error_handler(StoreFull, _store_full)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,27 @@
+"""The app factory: the one place where the parts are wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from service import api, health, request_id
+from service.config import Settings
+from service.store import MessageStore, make_client
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from settings, a mapping of setting names, or the environment."""
+    settings = config if isinstance(config, Settings) else Settings.from_env(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # JSON is UTF-8 by definition; escaping every non-ASCII character only makes it bigger.
+    app.json.ensure_ascii = False
+    app.extensions["settings"] = settings
+    app.extensions["message_store"] = MessageStore(make_client(settings))
+    request_id.init_app(app)
+    health.init_app(app)
+    api.init_app(app)
+    return app

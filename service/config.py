@@ -1,0 +1,87 @@
+"""Settings, read from the environment in one place; tests pass a mapping instead."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _get(env: Mapping[str, Any], name: str, default: Any, kind: type) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {name}={raw!r} is not a valid {kind.__name__}") from exc
+    if kind in (int, float) and value < 0:
+        raise ValueError(f"setting {name}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app needs to serve requests."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_connect_timeout: float = 0.25
+    redis_timeout: float = 0.5
+    redis_retries: int = 2
+    redis_max_connections: int = 8
+    max_message_bytes: int = MIB
+    max_body_bytes: int = 4 * MIB
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, Any] | None = None) -> Settings:
+        """Build settings from environment variables (or any mapping of the same names)."""
+        env = os.environ if env is None else env
+        d = cls()
+        settings = cls(
+            redis_url=_get(env, "REDIS_URL", d.redis_url, str),
+            redis_connect_timeout=_get(
+                env, "REDIS_CONNECT_TIMEOUT", d.redis_connect_timeout, float
+            ),
+            redis_timeout=_get(env, "REDIS_TIMEOUT", d.redis_timeout, float),
+            redis_retries=_get(env, "REDIS_RETRIES", d.redis_retries, int),
+            redis_max_connections=_get(
+                env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections, int
+            ),
+            max_message_bytes=_get(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, int),
+            max_body_bytes=_get(env, "MAX_BODY_BYTES", d.max_body_bytes, int),
+        )
+        if settings.max_body_bytes < settings.max_message_bytes:
+            raise ValueError("MAX_BODY_BYTES must be at least MAX_MESSAGE_BYTES")
+        return settings
+
+
+def default_workers() -> int:
+    """Gunicorn's rule of thumb for sync workers: two per core plus one."""
+    return 2 * (os.cpu_count() or 1) + 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How gunicorn runs the app: address, process model, shutdown."""
+
+    bind: str = "0.0.0.0:8000"
+    workers: int = 3
+    threads: int = 2
+    graceful_timeout: int = 10
+    timeout: int = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, Any] | None = None) -> ServerSettings:
+        """Build server settings from environment variables."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            bind=_get(env, "APP_BIND", d.bind, str),
+            workers=max(1, _get(env, "WEB_CONCURRENCY", default_workers(), int)),
+            threads=max(1, _get(env, "GUNICORN_THREADS", d.threads, int)),
+            graceful_timeout=_get(env, "GRACEFUL_TIMEOUT", d.graceful_timeout, int),
+            timeout=_get(env, "WORKER_TIMEOUT", d.timeout, int),
+        )

@@ -1,0 +1,22 @@
+"""Gunicorn's process model, from the environment (see service/config.py)."""
+
+from service.config import ServerSettings
+
+_server = ServerSettings.from_env()
+
+bind = _server.bind
+workers = _server.workers
+# gthread keeps nginx's upstream connections alive (sync workers close each one); nginx
+# buffers whole requests, so a thread never waits on a slow client.
+worker_class = "gthread"
+threads = _server.threads
+timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
+keepalive = 75  # longer than nginx's upstream keepalive_timeout, so nginx closes first
+errorlog = "-"
+accesslog = None  # nginx writes the access log
+loglevel = "info"
+capture_output = True
+worker_tmp_dir = "/dev/shm"  # heartbeat files off the disk (and off overlayfs in containers)
+control_socket_disable = True  # no runtime control socket under $HOME
+forwarded_allow_ips = "*"  # only nginx can reach us; it sets X-Forwarded-*

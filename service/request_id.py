@@ -1,0 +1,28 @@
+"""X-Request-ID: taken from the caller (nginx sets it) when well-formed, else generated."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+
+HEADER = "X-Request-ID"
+# Bounded and log-safe: a client cannot inject newlines or megabytes into our logs.
+_VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _assign() -> None:
+    given = request.headers.get(HEADER, "")
+    g.request_id = given if _VALID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _echo(response: Response) -> Response:
+    response.headers[HEADER] = g.get("request_id") or uuid.uuid4().hex
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id and return it on every response."""
+    app.before_request(_assign)
+    app.after_request(_echo)

@@ -1,0 +1,260 @@
+"""The API contract, in the app itself (Flask's test client, a real Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import redis
+
+from service.app import create_app
+
+FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+
+
+def post(client, body, content_type="application/json", **kwargs):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post("/messages", data=data, content_type=content_type, **kwargs)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_post_answers_the_sha256_digest(client):
+    r = post(client, {"message": "foo"})
+    assert r.status_code == 201
+    assert r.get_json() == {"digest": FOO_DIGEST}
+    assert r.headers["Location"] == f"/messages/{FOO_DIGEST}"
+
+
+def test_get_answers_the_stored_message(client):
+    post(client, {"message": "foo"})
+    r = client.get(f"/messages/{FOO_DIGEST}")
+    assert r.status_code == 200
+    assert r.get_json() == {"message": "foo"}
+
+
+def test_digest_in_upper_case_is_found(client):
+    post(client, {"message": "foo"})
+    assert client.get(f"/messages/{FOO_DIGEST.upper()}").get_json() == {"message": "foo"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["", "héllo wörld", "日本語のテキスト", "emoji 🎉👩‍👩‍👧", "nul\x00byte", "line\nbreak\u2028",
+     " \t leading and trailing space ", '"quotes" and \\backslashes\\'],
+)  # fmt: skip
+def test_messages_round_trip_exactly(client, message):
+    r = post(client, {"message": message})
+    assert r.status_code == 201
+    assert r.get_json()["digest"] == sha256(message)
+    got = client.get(f"/messages/{sha256(message)}")
+    assert got.status_code == 200
+    assert got.get_json() == {"message": message}
+
+
+def test_repeated_post_answers_the_same_and_keeps_the_stored_value(client, redis_url):
+    assert post(client, {"message": "foo"}).get_json() == {"digest": FOO_DIGEST}
+    # Mark the stored value: a second POST must neither fail nor overwrite it.
+    r = redis.Redis.from_url(redis_url)
+    r.set(f"msg:{FOO_DIGEST}", b"marker")
+    again = post(client, {"message": "foo"})
+    assert again.status_code == 201
+    assert again.get_json() == {"digest": FOO_DIGEST}
+    assert r.get(f"msg:{FOO_DIGEST}") == b"marker"
+
+
+def test_messages_are_stored_under_a_namespaced_key(client, redis_url):
+    post(client, {"message": "foo"})
+    assert redis.Redis.from_url(redis_url).keys("*") == [f"msg:{FOO_DIGEST}".encode()]
+
+
+def test_unknown_digest_is_404(client):
+    r = client.get(f"/messages/{'0' * 64}")
+    assert r.status_code == 404
+    assert r.get_json() == {"err_msg": "Message not found"}
+
+
+@pytest.mark.parametrize(
+    "digest", ["abc", "g" * 64, "0" * 63, "0" * 65, FOO_DIGEST[:-1] + " ", "0x" + "0" * 62]
+)
+def test_malformed_digest_is_400(client, digest):
+    r = client.get(f"/messages/{digest}")
+    assert r.status_code == 400
+    assert "64 hexadecimal" in r.get_json()["err_msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b'{"message": "foo"', "not valid JSON"),
+        (b'\xff\xfe{"message": "x"}', "not valid UTF-8"),
+        (b'{"message": "caf\xe9"}', "not valid UTF-8"),
+        (b'\xef\xbb\xbf{"message": "bom"}', "not valid JSON"),
+        (b'["foo"]', "must be a JSON object"),
+        (b'"foo"', "must be a JSON object"),
+        (b"null", "must be a JSON object"),
+        (b"{}", "'message' is missing"),
+        (b'{"msg": "foo"}', "'message' is missing"),
+        (b'{"message": "foo", "extra": 1}', "Only the field 'message'"),
+        (b'{"message": 42}', "must be a string"),
+        (b'{"message": null}', "must be a string"),
+        (b'{"message": ["foo"]}', "must be a string"),
+        (b'{"message": {"a": "b"}}', "must be a string"),
+        (b'{"message": true}', "must be a string"),
+        (b'{"message": "a", "message": "b"}', "duplicate key"),
+        (b'{"message": NaN}', "NaN is not allowed"),
+        (b'{"message": Infinity}', "Infinity is not allowed"),
+        (b'{"message": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b'{"message": 1e999999}', "must be a string"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"message": "\\ud800"}', "unpaired surrogate"),
+    ],
+)
+def test_bad_bodies_are_400_with_a_reason(client, body, why):
+    r = post(client, body)
+    assert r.status_code == 400
+    assert r.is_json
+    assert why in r.get_json()["err_msg"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1",
+     "application/jsonx", None],
+)  # fmt: skip
+def test_wrong_content_type_is_415(client, content_type):
+    r = client.post("/messages", data=b'{"message": "foo"}', content_type=content_type)
+    assert r.status_code == 415
+    assert "application/json" in r.get_json()["err_msg"] or "UTF-8" in r.get_json()["err_msg"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;charset=UTF8"]
+)
+def test_json_content_type_variants_are_accepted(client, content_type):
+    r = client.post("/messages", data=b'{"message": "foo"}', content_type=content_type)
+    assert r.status_code == 201
+
+
+@pytest.fixture
+def small_client(redis_url):
+    app = create_app({"REDIS_URL": redis_url, "MAX_MESSAGE_BYTES": "100", "MAX_BODY_BYTES": "400"})
+    return app.test_client()
+
+
+def test_message_at_the_limit_is_stored(small_client):
+    message = "é" * 50  # 100 UTF-8 bytes
+    r = post(small_client, {"message": message})
+    assert r.status_code == 201
+    assert small_client.get(f"/messages/{sha256(message)}").get_json() == {"message": message}
+
+
+def test_message_over_the_limit_is_413(small_client):
+    r = post(small_client, {"message": "é" * 50 + "x"})  # 101 bytes, body well under 400
+    assert r.status_code == 413
+    assert r.get_json() == {"err_msg": "Message is larger than 100 bytes"}
+
+
+def test_body_over_the_limit_is_413(small_client):
+    r = post(small_client, json.dumps({"message": "x" * 10}) + " " * 400)
+    assert r.status_code == 413
+    assert r.get_json() == {"err_msg": "Request body is larger than 400 bytes"}
+
+
+def test_default_limits_take_a_1_mib_message(client):
+    message = "x" * (1024 * 1024)
+    assert post(client, {"message": message}).status_code == 201
+    assert post(client, {"message": message + "x"}).status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/messages", "POST"),
+        ("DELETE", "/messages", "POST"),
+        ("GET", "/messages", "POST"),
+        ("POST", f"/messages/{FOO_DIGEST}", "GET"),
+        ("DELETE", f"/messages/{FOO_DIGEST}", "GET"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(client, method, path, allowed):
+    r = client.open(path, method=method)
+    assert r.status_code == 405
+    assert r.get_json() == {"err_msg": "Method Not Allowed"}
+    assert allowed in r.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/messages/", "/messages/x/y", "/metrics"])
+def test_unknown_route_is_404_json(client, path):
+    r = client.get(path)
+    assert r.status_code == 404
+    assert r.get_json() == {"err_msg": "Not Found"}
+
+
+def test_store_unavailable_is_503_with_retry_after():
+    port = __import__("port_for").select_random()
+    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    client = app.test_client()
+    for r in (post(client, {"message": "foo"}), client.get(f"/messages/{FOO_DIGEST}")):
+        assert r.status_code == 503
+        assert r.get_json() == {"err_msg": "Store unavailable, try again later"}
+        assert r.headers["Retry-After"] == "1"
+
+
+def test_full_store_is_507_and_keeps_what_it_has(client, redis_url):
+    post(client, {"message": "foo"})
+    r = redis.Redis.from_url(redis_url)
+    r.config_set("maxmemory", 1)  # with noeviction (redis.conf), every write is refused
+    try:
+        full = post(client, {"message": "bar"})
+        assert full.status_code == 507
+        assert full.get_json() == {"err_msg": "Store is full, message not stored"}
+        assert client.get(f"/messages/{FOO_DIGEST}").get_json() == {"message": "foo"}
+    finally:
+        r.config_set("maxmemory", 0)
+
+
+def test_unexpected_error_is_500_json_without_details(client, redis_url):
+    # A value that is not UTF-8 can only come from outside the API: a real internal error.
+    redis.Redis.from_url(redis_url).set(f"msg:{'a' * 64}", b"\xff\xfe")
+    r = client.get(f"/messages/{'a' * 64}")
+    assert r.status_code == 500
+    assert r.get_json() == {"err_msg": "Internal server error"}
+
+
+def test_every_response_is_json_with_a_request_id(client):
+    responses = [
+        post(client, {"message": "foo"}),
+        client.get(f"/messages/{FOO_DIGEST}"),
+        client.get(f"/messages/{'0' * 64}"),
+        client.get("/messages/zz"),
+        post(client, b"nope"),
+        post(client, {"message": "x"}, content_type="text/plain"),
+        client.put("/messages"),
+        client.get("/nowhere"),
+        client.get("/healthz"),
+    ]
+    ids = set()
+    for r in responses:
+        assert r.mimetype == "application/json"
+        json.loads(r.data)
+        ids.add(r.headers["X-Request-ID"])
+    assert len(ids) == len(responses)
+
+
+def test_a_well_formed_request_id_is_kept(client):
+    r = client.get("/healthz", headers={"X-Request-ID": "abc-123_x.y:z"})
+    assert r.headers["X-Request-ID"] == "abc-123_x.y:z"
+
+
+@pytest.mark.parametrize("given", ["", "has space", "x" * 129, "semi;colon", "ünï"])
+def test_a_malformed_request_id_is_replaced(client, given):
+    r = client.get("/healthz", headers={"X-Request-ID": given})
+    assert r.headers["X-Request-ID"] != given
+    assert len(r.headers["X-Request-ID"]) == 32
