@@ -7,6 +7,7 @@ start exactly the same processes from the same config files as docker compose.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from service.config import ServerSettings, Settings
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
-    "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR",
+    "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
     "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST",
 )  # fmt: skip
 
@@ -85,6 +86,9 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "TLS_CERT": str(ROOT / "localhost.crt"),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),
+        # Natively every process runs as whoever ran the stack; nginx would otherwise switch
+        # its workers to "nobody", who may not reach a state folder under a private home.
+        "NGINX_USER": pwd.getpwuid(os.geteuid()).pw_name,
         "MAX_BODY_BYTES": str(cfg.app_settings.max_body_bytes),
         "RATE_LIMIT_RPS": str(cfg.rate_limit_rps),
         "RATE_LIMIT_BURST": str(cfg.rate_limit_burst),

@@ -89,6 +89,8 @@ def make_stack(tmp: Path, **env: str) -> Stack:
     executors = {p.name: executor(p, tmp) for p in processes(cfg)}
     http = requests.Session()
     http.verify = CERT
+    # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
+    http.trust_env = False
     return Stack(cfg=cfg, executors=executors, http=http)
 
 

@@ -1,0 +1,230 @@
+"""The API contract end to end: client -> nginx (TLS, HTTP/2) -> gunicorn -> Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import subprocess
+
+import pytest
+import requests
+
+from tests.conftest import CERT
+
+pytestmark = pytest.mark.stack
+
+FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+JSON = {"Content-Type": "application/json"}
+
+
+def assert_json_error(r: requests.Response, status: int, text: str = "") -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert text in r.json()["err_msg"]
+    assert r.headers["X-Request-ID"]
+
+
+def curl(stack, *args: str) -> str:
+    return subprocess.run(
+        ["curl", "-sS", "--cacert", CERT, *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_readme_examples_verbatim(stack):
+    url = f"https://localhost:{stack.cfg.edge_port}/messages"
+    posted = curl(stack, "-X", "POST", url, "-H", "Content-Type: application/json",
+                  "--data", '{"message": "foo"}')  # fmt: skip
+    assert json.loads(posted) == {"digest": FOO_DIGEST}
+    assert json.loads(curl(stack, f"{url}/{FOO_DIGEST}")) == {"message": "foo"}
+    assert json.loads(curl(stack, f"{url}/{'a' * 64}")) == {"err_msg": "Message not found"}
+
+
+def test_post_then_get_round_trip(stack):
+    message = "end to end ✓ " + "x" * 100
+    digest = hashlib.sha256(message.encode()).hexdigest()
+    r = stack.request("POST", "/messages", json={"message": message})
+    assert r.status_code == 201
+    assert r.json() == {"digest": digest}
+    assert stack.request("GET", f"/messages/{digest.upper()}").json() == {"message": message}
+    assert stack.redis.get(f"msg:{digest}") == message.encode()
+
+
+def test_message_at_the_default_limit_round_trips(stack):
+    message = "é" * (512 * 1024)  # 1 MiB of UTF-8, sent escaped: 3 MiB of JSON
+    digest = hashlib.sha256(message.encode()).hexdigest()
+    r = stack.request("POST", "/messages", data=json.dumps({"message": message}), headers=JSON)
+    assert r.status_code == 201
+    assert stack.request("GET", f"/messages/{digest}").json() == {"message": message}
+
+
+def test_unknown_digest_404(stack):
+    assert_json_error(stack.request("GET", f"/messages/{'b' * 64}"), 404, "Message not found")
+
+
+def test_malformed_digest_400(stack):
+    assert_json_error(stack.request("GET", "/messages/xyz"), 400, "64 hexadecimal")
+
+
+@pytest.mark.parametrize(
+    "body", [b"nope", b'{"message": 1}', b"{}", b'{"message": "\xff"}', b'["x"]']
+)
+def test_bad_body_400(stack, body):
+    assert_json_error(stack.request("POST", "/messages", data=body, headers=JSON), 400)
+
+
+def test_wrong_content_type_415(stack):
+    r = stack.request("POST", "/messages", data='{"message": "x"}',
+                      headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert_json_error(r, 415, "application/json")
+
+
+def test_missing_content_type_415(stack):
+    r = stack.request("POST", "/messages", data=b'{"message": "x"}')
+    assert_json_error(r, 415)
+
+
+def test_message_over_the_limit_413_from_the_app(stack):
+    body = json.dumps({"message": "x" * (1024 * 1024 + 1)})  # body under the 4 MiB limit
+    assert_json_error(stack.request("POST", "/messages", data=body, headers=JSON), 413, "Message")
+
+
+def test_body_over_the_limit_413_from_nginx(stack):
+    body = b'{"message": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    r = stack.request("POST", "/messages", data=body, headers=JSON)
+    assert_json_error(r, 413, "Request body is larger than 4194304 bytes")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/messages"), ("DELETE", "/messages"), ("GET", "/messages"),
+     ("POST", f"/messages/{FOO_DIGEST}"), ("PATCH", f"/messages/{FOO_DIGEST}")],
+)  # fmt: skip
+def test_wrong_method_405(stack, method, path):
+    assert_json_error(stack.request(method, path), 405, "Method Not Allowed")
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/metrics", "/messagesx", "/static/x", "/messages/../metrics", "/.env"]
+)
+def test_only_the_api_is_reachable(stack, path):
+    r = stack.request("GET", path)
+    assert_json_error(r, 404)
+    assert "flask_" not in r.text
+
+
+def test_health_checks_are_reachable(stack):
+    assert stack.request("GET", "/healthz").json() == {"status": "ok"}
+    assert stack.request("GET", "/readyz").json() == {"status": "ready"}
+    assert stack.request("GET", "/edge-healthz").json() == {"status": "ok"}
+
+
+def test_request_id_is_generated_or_passed_through(stack):
+    generated = stack.request("GET", "/healthz")
+    assert len(generated.headers["X-Request-ID"]) == 32
+    kept = stack.request("GET", "/healthz", headers={"X-Request-ID": "client-id-1"})
+    assert kept.headers["X-Request-ID"] == "client-id-1"
+    replaced = stack.request("GET", "/healthz", headers={"X-Request-ID": "bad id;"})
+    assert len(replaced.headers["X-Request-ID"]) == 32
+    for r in (generated, kept, replaced):
+        assert len(r.raw.headers.getlist("X-Request-ID")) == 1  # the app's is not repeated
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nope", f"/messages/{'c' * 64}"])
+def test_security_headers_on_every_response(stack, path):
+    h = stack.request("GET", path).headers
+    assert h["Strict-Transport-Security"].startswith("max-age=")
+    assert h["X-Content-Type-Options"] == "nosniff"
+    assert h["Server"] == "nginx"  # server_tokens off: no version
+
+
+def test_http2_is_offered(stack):
+    version = curl(stack, "-o", "/dev/null", "-w", "%{http_version}", "--http2",
+                   f"https://localhost:{stack.cfg.edge_port}/healthz")  # fmt: skip
+    assert version == "2"
+
+
+@pytest.mark.parametrize(
+    ("version", "accepted"),
+    [(ssl.TLSVersion.TLSv1, False), (ssl.TLSVersion.TLSv1_1, False),
+     (ssl.TLSVersion.TLSv1_2, True), (ssl.TLSVersion.TLSv1_3, True)],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_only_tls_1_2_and_1_3(stack, version, accepted):
+    ctx = ssl.create_default_context(cafile=CERT)
+    ctx.minimum_version = ctx.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer it, so the server decides
+    with socket.create_connection(("127.0.0.1", stack.cfg.edge_port), timeout=5) as raw:
+        if accepted:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.version() == version.name.replace("_", ".").replace("TLSv1.", "TLSv1.")
+        else:
+            with pytest.raises(ssl.SSLError):
+                ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_certificate_verifies_strictly(stack, host):
+    ctx = ssl.create_default_context(cafile=CERT)
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13+ does by default
+    with socket.create_connection(("127.0.0.1", stack.cfg.edge_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            assert tls.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+
+
+def test_plain_http_on_the_tls_port_is_a_json_400(stack):
+    r = requests.get(f"http://127.0.0.1:{stack.cfg.edge_port}/healthz", timeout=5)
+    assert_json_error(r, 400, "HTTPS only")
+
+
+def test_oversized_headers_are_a_json_431(stack):
+    r = stack.request("GET", "/healthz", headers={"X-Big": "x" * 20000})
+    assert_json_error(r, 431, "headers too large")
+
+
+def test_store_down_is_a_fast_503_and_recovers(stack_factory):
+    stack = stack_factory()
+    stack.executors["redis"].stop()
+    r = stack.request("POST", "/messages", json={"message": "foo"})
+    assert_json_error(r, 503, "Store unavailable")
+    assert r.headers["Retry-After"] == "1"
+    assert_json_error(stack.request("GET", "/readyz"), 503)
+    stack.executors["redis"].start()
+    r = stack.request("POST", "/messages", json={"message": "foo"})
+    assert r.status_code == 201  # no restart of the app needed
+
+
+def test_app_down_is_a_json_502(stack_factory):
+    stack = stack_factory()
+    stack.executors["app"].stop()
+    assert_json_error(stack.request("GET", "/healthz"), 502, "unavailable")
+    assert_json_error(stack.request("POST", "/messages", json={"message": "x"}), 502)
+
+
+def test_app_hung_is_a_json_504(stack_factory):
+    stack = stack_factory()
+    stack.executors["app"].stop()
+    with socket.create_server(("127.0.0.1", stack.cfg.app_port)) as silent:
+        silent.listen(16)  # accepts, never answers: nginx's proxy_read_timeout applies
+        r = stack.request("GET", "/healthz")
+    assert_json_error(r, 504, "timed out")
+
+
+def test_too_many_requests_is_a_json_429(stack_factory):
+    stack = stack_factory(RATE_LIMIT_RPS="1", RATE_LIMIT_BURST="2")
+    statuses = [stack.request("GET", f"/messages/{'d' * 64}").status_code for _ in range(6)]
+    assert statuses[:3] == [404, 404, 404]  # one plus a burst of two
+    assert 429 in statuses[3:]
+    r = stack.request("GET", f"/messages/{'d' * 64}")
+    assert_json_error(r, 429, "Too many requests")
+    assert stack.request("GET", "/healthz").status_code == 200  # health is not limited
+
+
+def test_limits_follow_the_settings(stack_factory):
+    stack = stack_factory(MAX_MESSAGE_BYTES="10", MAX_BODY_BYTES="100")
+    assert stack.request("POST", "/messages", json={"message": "x" * 10}).status_code == 201
+    assert_json_error(stack.request("POST", "/messages", json={"message": "x" * 11}), 413)
+    big = json.dumps({"message": "x"}) + " " * 100
+    assert_json_error(stack.request("POST", "/messages", data=big, headers=JSON), 413, "100 bytes")
