@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.config import ServerSettings, Settings
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
@@ -116,7 +116,6 @@ def processes(cfg: StackConfig) -> list[Process]:
     redis_dir = cfg.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     nginx_conf = render_nginx(cfg)
-    server = ServerSettings.from_env(cfg.app_env)
     return [
         Process(
             name="redis",

@@ -82,8 +82,9 @@ def _parse_json(body: bytes) -> object:
     except UnicodeDecodeError:
         raise ApiError(400, "Body is not valid UTF-8") from None
     try:
-        return json.loads(text, object_pairs_hook=_object_without_duplicates,
-                          parse_constant=_reject_constant)
+        return json.loads(
+            text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant
+        )
     except RecursionError:
         raise ApiError(400, "Body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, over-long integers, our own checks

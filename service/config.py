@@ -47,9 +47,7 @@ class Settings:
             ),
             redis_timeout=_get(env, "REDIS_TIMEOUT", d.redis_timeout, float),
             redis_retries=_get(env, "REDIS_RETRIES", d.redis_retries, int),
-            redis_max_connections=_get(
-                env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections, int
-            ),
+            redis_max_connections=_get(env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections, int),
             max_message_bytes=_get(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, int),
             max_body_bytes=_get(env, "MAX_BODY_BYTES", d.max_body_bytes, int),
         )

@@ -17,6 +17,7 @@ errorlog = "-"
 accesslog = None  # nginx writes the access log
 loglevel = "info"
 capture_output = True
-worker_tmp_dir = "/dev/shm"  # heartbeat files off the disk (and off overlayfs in containers)
+# Heartbeat files in memory, off the disk and off overlayfs in containers.
+worker_tmp_dir = "/dev/shm"  # noqa: S108
 control_socket_disable = True  # no runtime control socket under $HOME
 forwarded_allow_ips = "*"  # only nginx can reach us; it sets X-Forwarded-*

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+import redis
 from service.config import Settings
 
 KEY_PREFIX = "msg:"

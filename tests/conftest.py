@@ -10,12 +10,12 @@ from pathlib import Path
 
 import port_for
 import pytest
-import redis
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
+import redis
 from native.stack import ROOT, Process, StackConfig, processes
 from service.app import create_app
 

@@ -6,8 +6,8 @@ import hashlib
 import json
 
 import pytest
-import redis
 
+import redis
 from service.app import create_app
 
 FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
@@ -134,7 +134,8 @@ def test_wrong_content_type_is_415(client, content_type):
 
 
 @pytest.mark.parametrize(
-    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;charset=UTF8"]
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "application/json;charset=UTF8"],
 )
 def test_json_content_type_variants_are_accepted(client, content_type):
     r = client.post("/messages", data=b'{"message": "foo"}', content_type=content_type)

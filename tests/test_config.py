@@ -33,7 +33,7 @@ def test_empty_values_mean_default():
      {"MAX_MESSAGE_BYTES": "100", "MAX_BODY_BYTES": "50"}],
 )  # fmt: skip
 def test_bad_values_are_refused_with_the_name(env):
-    with pytest.raises(ValueError, match="MAX_|REDIS_"):
+    with pytest.raises(ValueError, match=r"MAX_|REDIS_"):
         Settings.from_env(env)
 
 

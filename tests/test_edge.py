@@ -169,9 +169,9 @@ def test_only_tls_1_2_and_1_3(stack, version, accepted):
 def test_certificate_verifies_strictly(stack, host):
     ctx = ssl.create_default_context(cafile=CERT)
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # what Python 3.13+ does by default
-    with socket.create_connection(("127.0.0.1", stack.cfg.edge_port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            assert tls.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+    raw = socket.create_connection(("127.0.0.1", stack.cfg.edge_port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        assert tls.getpeercert()["subject"] == ((("commonName", "localhost"),),)
 
 
 def test_plain_http_on_the_tls_port_is_a_json_400(stack):

@@ -1,0 +1,26 @@
+# The app image: gunicorn serving service.wsgi:app on :8000 (nginx terminates TLS in front).
+# Python matches the version the tests run on; bump both together.
+FROM python:3.11.7-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    APP_BIND=0.0.0.0:8000
+
+WORKDIR /srv
+
+# Dependencies first, so code changes do not reinstall them. hiredis and all others ship
+# wheels, so no compiler is needed.
+COPY requirements.txt .
+RUN pip install --no-compile -r requirements.txt \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+COPY service/ service/
+USER 10001
+
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+
+# Exec form: gunicorn is PID 1 and gets SIGTERM from `docker stop` for a graceful shutdown.
+CMD ["gunicorn", "--config", "service/gunicorn.conf.py", "service.wsgi:app"]

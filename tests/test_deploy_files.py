@@ -1,0 +1,105 @@
+"""The compose file, the Dockerfile and the shared configs agree with each other and the code.
+
+No Docker engine runs here, so compose and the image are checked offline: the compose file
+against the compose schema (make lint), the Dockerfile by hadolint (make lint), and both by
+the structural checks below. The nginx template itself runs for real in the stack tests.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from native.stack import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, ROOT, StackConfig, render_nginx
+from service.config import Settings
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def compose_default(value: str) -> str:
+    """The default of a ${NAME:-default} compose value."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def test_the_stack_has_the_expected_services():
+    assert set(SERVICES) == {"redis", "app", "nginx"}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_has_a_healthcheck(name):
+    service = SERVICES[name]
+    from_image = "build" in service and "HEALTHCHECK" in DOCKERFILE
+    assert "healthcheck" in service or from_image
+
+
+def test_only_nginx_publishes_a_port():
+    assert {n for n, s in SERVICES.items() if "ports" in s} == {"nginx"}
+    assert SERVICES["nginx"]["ports"] == ["5000:5000"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_dependencies_wait_for_health(name):
+    for condition in SERVICES[name].get("depends_on", {}).values():
+        assert condition == {"condition": "service_healthy"}
+
+
+def test_mounted_files_are_the_repos_own():
+    for service in SERVICES.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).is_file(), source
+
+
+def test_redis_keeps_data_on_a_named_volume_with_the_shared_config():
+    redis = SERVICES["redis"]
+    assert "redis-data:/data" in redis["volumes"]
+    assert "redis-data" in COMPOSE["volumes"]
+    assert "/usr/local/etc/redis/redis.conf" in redis["command"]
+
+
+def test_nginx_gets_every_template_variable():
+    used = set(re.findall(r"\$\{(\w+)\}", NGINX_TEMPLATE.read_text()))
+    assert used == set(NGINX_TEMPLATE_VARS)
+    assert used <= set(SERVICES["nginx"]["environment"])
+
+
+def test_compose_defaults_match_the_code():
+    settings = Settings()
+    native = StackConfig(state_dir=ROOT)
+    app_env, nginx_env = SERVICES["app"]["environment"], SERVICES["nginx"]["environment"]
+    assert compose_default(app_env["MAX_MESSAGE_BYTES"]) == str(settings.max_message_bytes)
+    for env in (app_env, nginx_env):
+        assert compose_default(env["MAX_BODY_BYTES"]) == str(settings.max_body_bytes)
+    assert compose_default(nginx_env["RATE_LIMIT_RPS"]) == str(native.rate_limit_rps)
+    assert compose_default(nginx_env["RATE_LIMIT_BURST"]) == str(native.rate_limit_burst)
+    assert nginx_env["EDGE_LISTEN"] == "5000"
+
+
+def test_images_are_pinned():
+    images = [s["image"] for s in SERVICES.values() if "build" not in s]
+    images += re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
+    for image in images:
+        assert re.search(r":\d+\.\d+\.\d+", image), f"{image} is not pinned to a version"
+
+
+def test_dockerfile_runs_gunicorn_as_a_non_root_user():
+    assert re.search(r"^USER (?!0\b|root\b)\S+", DOCKERFILE, re.M)
+    assert 'CMD ["gunicorn"' in DOCKERFILE  # exec form: gunicorn is PID 1 and gets SIGTERM
+    # Dependencies are installed before the code is copied, so code edits reuse that layer.
+    assert DOCKERFILE.index("requirements.txt") < DOCKERFILE.index("COPY service/")
+
+
+def test_native_nginx_config_is_complete_and_valid(tmp_path):
+    conf = render_nginx(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
+    text = conf.read_text()
+    assert "${" not in text
+    check = subprocess.run(["nginx", "-t", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stderr
