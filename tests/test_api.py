@@ -247,15 +247,3 @@ def test_every_response_is_json_with_a_request_id(client):
         json.loads(r.data)
         ids.add(r.headers["X-Request-ID"])
     assert len(ids) == len(responses)
-
-
-def test_a_well_formed_request_id_is_kept(client):
-    r = client.get("/healthz", headers={"X-Request-ID": "abc-123_x.y:z"})
-    assert r.headers["X-Request-ID"] == "abc-123_x.y:z"
-
-
-@pytest.mark.parametrize("given", ["", "has space", "x" * 129, "semi;colon", "ünï"])
-def test_a_malformed_request_id_is_replaced(client, given):
-    r = client.get("/healthz", headers={"X-Request-ID": given})
-    assert r.headers["X-Request-ID"] != given
-    assert len(r.headers["X-Request-ID"]) == 32

@@ -32,15 +32,6 @@ def curl(stack, *args: str) -> str:
     ).stdout
 
 
-def test_readme_examples_verbatim(stack):
-    url = f"https://localhost:{stack.cfg.edge_port}/messages"
-    posted = curl(stack, "-X", "POST", url, "-H", "Content-Type: application/json",
-                  "--data", '{"message": "foo"}')  # fmt: skip
-    assert json.loads(posted) == {"digest": FOO_DIGEST}
-    assert json.loads(curl(stack, f"{url}/{FOO_DIGEST}")) == {"message": "foo"}
-    assert json.loads(curl(stack, f"{url}/{'a' * 64}")) == {"err_msg": "Message not found"}
-
-
 def test_post_then_get_round_trip(stack):
     message = "end to end ✓ " + "x" * 100
     digest = hashlib.sha256(message.encode()).hexdigest()

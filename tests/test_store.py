@@ -101,3 +101,21 @@ def test_password_in_url(tmp_path):
         assert store_for(f"redis://:s3cret@127.0.0.1:{port}/0").put(b"foo")[1] is True
         with pytest.raises(StoreUnavailable):
             store_for(f"redis://:wrong@127.0.0.1:{port}/0").put(b"foo")
+
+
+def test_replies_are_parsed_by_hiredis(redis_url):
+    client = make_client(Settings(redis_url=redis_url))
+    connection = client.connection_pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_HiredisParser"
+    finally:
+        client.connection_pool.release(connection)
+
+
+def test_each_client_has_its_own_bounded_pool(redis_url):
+    first = make_client(Settings(redis_url=redis_url, redis_max_connections=3))
+    second = make_client(Settings(redis_url=redis_url))
+    assert first.connection_pool is not second.connection_pool
+    assert first.connection_pool.max_connections == 3
+    kwargs = first.connection_pool.connection_kwargs
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (0.25, 0.5)

@@ -1,0 +1,34 @@
+"""Gunicorn's process model: several workers, logs on stdout, graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+import requests
+from mirakuru import HTTPExecutor
+
+from native.stack import StackConfig, processes
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.stack
+
+
+def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
+    env = {"STATE_DIR": str(tmp_path), "APP_PORT": str(free_port()),
+           "REDIS_PORT": str(free_port()), "WEB_CONCURRENCY": "3"}  # fmt: skip
+    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        gunicorn = HTTPExecutor(app.argv, url=f"http://127.0.0.1:{app.port}/healthz",
+                                method="GET", envvars=app.env, stdout=stdout, stderr=stderr,
+                                timeout=60)  # fmt: skip
+        with gunicorn:
+            master = psutil.Process(gunicorn.process.pid)
+            assert len(master.children()) == 3
+            # No Redis is running: the app logs a warning, and it must reach stdout.
+            r = requests.get(f"http://127.0.0.1:{app.port}/readyz", timeout=10)
+            assert r.status_code == 503
+        assert gunicorn.process is None  # stopped by SIGTERM, exit code 0
+    assert "store unavailable" in out.read_text()
+    assert "Shutting down: Master" in out.read_text()
+    assert err.read_text() == ""
