@@ -6,9 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    APP_BIND=0.0.0.0:8000
+    APP_BIND=0.0.0.0:8000 \
+    METRICS_BIND=0.0.0.0:9101
 
 WORKDIR /srv
+
+# Shown by the messages_build_info metric.
+ARG GIT_REVISION=unknown
+ENV GIT_REVISION=$GIT_REVISION
 
 # Dependencies first, so code changes do not reinstall them. hiredis and all others ship
 # wheels, so no compiler is needed.
@@ -18,7 +23,7 @@ RUN pip install --no-compile -r requirements.txt \
 COPY service/ service/
 USER 10001
 
-EXPOSE 8000
+EXPOSE 8000 9101
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 

@@ -17,7 +17,7 @@ test: deps lint ## Lints, then every test (unit and end-to-end on the real nativ
 lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the compose schema
 	ruff check .
 	ruff format --check .
-	hadolint Dockerfile
+	hadolint Dockerfile monitoring/Dockerfile
 	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 deps: system-packages $(VENV)/.installed

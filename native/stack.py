@@ -14,14 +14,40 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
     "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
-    "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST",
+    "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN",
+    "EDGE_METRICS_SYSLOG",
 )  # fmt: skip
+PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+
+# Every port of the stack, overridable as <NAME>_PORT (EDGE_PORT, APP_PORT, ...).
+DEFAULT_PORTS = {
+    "edge": 5000,  # the public HTTPS API
+    "edge_status": 8081,  # nginx stub_status
+    "app": 8000,  # gunicorn
+    "app_metrics": 9101,  # the gunicorn master's /metrics
+    "redis": 6379,
+    "mtail": 3903,  # edge metrics
+    "mtail_syslog": 5140,  # UDP, nginx's metrics access log
+    "nginx_exporter": 9113,
+    "redis_exporter": 9121,
+    "prometheus": 9090,
+}
+# Which port each Prometheus job scrapes natively (compose uses service names instead).
+PROMETHEUS_JOB_PORTS = {
+    "app": "app_metrics",
+    "edge": "mtail",
+    "nginx": "nginx_exporter",
+    "redis": "redis_exporter",
+    "prometheus": "prometheus",
+}
 
 
 @dataclass(frozen=True)
@@ -29,27 +55,38 @@ class StackConfig:
     """Ports, folders and edge limits of one native stack, from the environment."""
 
     state_dir: Path
-    edge_port: int = 5000
-    app_port: int = 8000
-    redis_port: int = 6379
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     rate_limit_rps: int = 100
     rate_limit_burst: int = 200
+    scrape_interval: str | None = None  # None: as in prometheus.yml
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
-        """Read EDGE_PORT, APP_PORT, REDIS_PORT, STATE_DIR and RATE_LIMIT_* (all optional)."""
+        """Read <NAME>_PORT, STATE_DIR, RATE_LIMIT_* and SCRAPE_INTERVAL (all optional)."""
         env = dict(os.environ if env is None else env)
         d = cls(state_dir=ROOT / ".state")
+        ports = {
+            name: int(env.get(f"{name.upper()}_PORT") or default)
+            for name, default in DEFAULT_PORTS.items()
+        }
         return cls(
             state_dir=Path(env.get("STATE_DIR") or d.state_dir).resolve(),
-            edge_port=int(env.get("EDGE_PORT") or d.edge_port),
-            app_port=int(env.get("APP_PORT") or d.app_port),
-            redis_port=int(env.get("REDIS_PORT") or d.redis_port),
+            ports=ports,
             rate_limit_rps=int(env.get("RATE_LIMIT_RPS") or d.rate_limit_rps),
             rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or d.rate_limit_burst),
+            scrape_interval=env.get("SCRAPE_INTERVAL") or None,
             env=env,
         )
+
+    def address(self, name: str) -> str:
+        """127.0.0.1:<port> of one part of the stack."""
+        return f"127.0.0.1:{self.ports[name]}"
+
+    @property
+    def edge_port(self) -> int:
+        """The public HTTPS port."""
+        return self.ports["edge"]
 
     @property
     def app_settings(self) -> Settings:
@@ -60,9 +97,11 @@ class StackConfig:
     def app_env(self) -> dict[str, str]:
         """The app process's environment: the caller's, pointed at this stack's Redis."""
         return {
+            "GIT_REVISION": git_revision(),
             **self.env,
-            "APP_BIND": f"127.0.0.1:{self.app_port}",
-            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "APP_BIND": self.address("app"),
+            "METRICS_BIND": self.address("app_metrics"),
+            "REDIS_URL": f"redis://{self.address('redis')}/0",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -78,11 +117,21 @@ class Process:
     ready_path: str | None = None  # HTTP path answering 200 when ready; None: port open
 
 
+def git_revision() -> str:
+    """The checked-out commit, for the build_info metric; "unknown" outside a git clone."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
-        "EDGE_LISTEN": f"127.0.0.1:{cfg.edge_port}",
-        "APP_UPSTREAM": f"127.0.0.1:{cfg.app_port}",
+        "EDGE_LISTEN": cfg.address("edge"),
+        "APP_UPSTREAM": cfg.address("app"),
         "TLS_CERT": str(ROOT / "localhost.crt"),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),
@@ -92,6 +141,8 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "MAX_BODY_BYTES": str(cfg.app_settings.max_body_bytes),
         "RATE_LIMIT_RPS": str(cfg.rate_limit_rps),
         "RATE_LIMIT_BURST": str(cfg.rate_limit_burst),
+        "EDGE_STATUS_LISTEN": cfg.address("edge_status"),
+        "EDGE_METRICS_SYSLOG": cfg.address("mtail_syslog"),
     }
 
 
@@ -111,19 +162,43 @@ def render_nginx(cfg: StackConfig) -> Path:
     return conf
 
 
+def render_prometheus(cfg: StackConfig) -> Path:
+    """The shared prometheus.yml with each job's targets pointed at this stack's ports."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for job in config["scrape_configs"]:
+        for sd in ("dns_sd_configs", "static_configs", "file_sd_configs"):
+            job.pop(sd, None)
+        job["static_configs"] = [{"targets": [cfg.address(PROMETHEUS_JOB_PORTS[job["job_name"]])]}]
+    config["rule_files"] = [
+        str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config.get("rule_files", [])
+    ]
+    if cfg.scrape_interval:
+        config["global"]["scrape_interval"] = cfg.scrape_interval
+        config["global"]["evaluation_interval"] = cfg.scrape_interval
+    folder = cfg.state_dir / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "prometheus.yml"
+    path.write_text("# Derived from monitoring/prometheus/prometheus.yml by native/stack.py.\n"
+                    + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
+    return path
+
+
 def processes(cfg: StackConfig) -> list[Process]:
     """Prepare the state folder and config files; return the processes to start, in order."""
     redis_dir = cfg.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     nginx_conf = render_nginx(cfg)
+    prometheus_conf = render_prometheus(cfg)
+    env = dict(cfg.env)
+    port = cfg.ports
     return [
         Process(
             name="redis",
             argv=["redis-server", str(ROOT / "redis" / "redis.conf"),
-                  "--bind", "127.0.0.1", "--port", str(cfg.redis_port),
+                  "--bind", "127.0.0.1", "--port", str(port["redis"]),
                   "--dir", str(redis_dir)],
-            env=dict(cfg.env),
-            port=cfg.redis_port,
+            env=env,
+            port=port["redis"],
         ),
         Process(
             name="app",
@@ -131,14 +206,54 @@ def processes(cfg: StackConfig) -> list[Process]:
                   "--config", str(ROOT / "service" / "gunicorn.conf.py"),
                   "--chdir", str(ROOT), "service.wsgi:app"],
             env=cfg.app_env,
-            port=cfg.app_port,
+            port=port["app"],
             ready_path="/healthz",
+        ),
+        Process(
+            name="mtail",
+            argv=["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
+                  "--logs", f"udp://{cfg.address('mtail_syslog')}",
+                  "--address", "127.0.0.1", "--port", str(port["mtail"]),
+                  "--emit_prog_label=false", "--logtostderr"],
+            env=env,
+            port=port["mtail"],
+            ready_path="/metrics",
         ),
         Process(
             name="nginx",
             argv=["nginx", "-p", str(nginx_conf.parent), "-c", str(nginx_conf),
                   "-e", "stderr"],
-            env=dict(cfg.env),
-            port=cfg.edge_port,
+            env=env,
+            port=port["edge"],
+        ),
+        Process(
+            name="nginx-exporter",
+            argv=["prometheus-nginx-exporter",
+                  "-nginx.scrape-uri", f"http://{cfg.address('edge_status')}/stub_status",
+                  # It exits if nginx does not answer at start; nginx may start after it.
+                  "-nginx.retries", "30", "-nginx.retry-interval", "1s",
+                  "-web.listen-address", cfg.address("nginx_exporter")],
+            env=env,
+            port=port["nginx_exporter"],
+            ready_path="/metrics",
+        ),
+        Process(
+            name="redis-exporter",
+            argv=["prometheus-redis-exporter",
+                  "-redis.addr", f"redis://{cfg.address('redis')}",
+                  "-web.listen-address", cfg.address("redis_exporter")],
+            env=env,
+            port=port["redis_exporter"],
+            ready_path="/metrics",
+        ),
+        Process(
+            name="prometheus",
+            argv=["prometheus", f"--config.file={prometheus_conf}",
+                  f"--storage.tsdb.path={prometheus_conf.parent / 'data'}",
+                  "--storage.tsdb.retention.time=15d",
+                  f"--web.listen-address={cfg.address('prometheus')}"],
+            env=env,
+            port=port["prometheus"],
+            ready_path="/-/ready",
         ),
     ]  # fmt: skip

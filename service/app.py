@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import api, health, request_id
+from service import api, health, metrics, request_id
 from service.config import Settings
 from service.store import MessageStore, make_client
 
@@ -20,7 +20,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     # JSON is UTF-8 by definition; escaping every non-ASCII character only makes it bigger.
     app.json.ensure_ascii = False
     app.extensions["settings"] = settings
-    app.extensions["message_store"] = MessageStore(make_client(settings))
+    store_metrics = metrics.init_app(app, settings.revision)
+    app.extensions["message_store"] = MessageStore(make_client(settings), store_metrics)
     request_id.init_app(app)
     health.init_app(app)
     api.init_app(app)

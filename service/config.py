@@ -34,6 +34,7 @@ class Settings:
     redis_max_connections: int = 8
     max_message_bytes: int = MIB
     max_body_bytes: int = 4 * MIB
+    revision: str = "unknown"
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None) -> Settings:
@@ -50,6 +51,7 @@ class Settings:
             redis_max_connections=_get(env, "REDIS_MAX_CONNECTIONS", d.redis_max_connections, int),
             max_message_bytes=_get(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, int),
             max_body_bytes=_get(env, "MAX_BODY_BYTES", d.max_body_bytes, int),
+            revision=_get(env, "GIT_REVISION", d.revision, str),
         )
         if settings.max_body_bytes < settings.max_message_bytes:
             raise ValueError("MAX_BODY_BYTES must be at least MAX_MESSAGE_BYTES")
@@ -66,6 +68,7 @@ class ServerSettings:
     """How gunicorn runs the app: address, process model, shutdown."""
 
     bind: str = "0.0.0.0:8000"
+    metrics_bind: str = "0.0.0.0:9101"
     workers: int = 3
     threads: int = 2
     graceful_timeout: int = 10
@@ -78,6 +81,7 @@ class ServerSettings:
         d = cls()
         return cls(
             bind=_get(env, "APP_BIND", d.bind, str),
+            metrics_bind=_get(env, "METRICS_BIND", d.metrics_bind, str),
             workers=max(1, _get(env, "WEB_CONCURRENCY", default_workers(), int)),
             threads=max(1, _get(env, "GUNICORN_THREADS", d.threads, int)),
             graceful_timeout=_get(env, "GRACEFUL_TIMEOUT", d.graceful_timeout, int),

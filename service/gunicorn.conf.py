@@ -1,8 +1,21 @@
-"""Gunicorn's process model, from the environment (see service/config.py)."""
+"""Gunicorn's process model, from the environment (see service/config.py), and the hooks that
+make the workers' metrics one set of numbers."""
+
+import os
+import shutil
+import tempfile
 
 from service.config import ServerSettings
 
 _server = ServerSettings.from_env()
+
+# prometheus_client picks where metric values live when it is first imported, so the
+# multiprocess folder must be in the environment before any worker imports the app.
+# On tmpfs when there is one: workers update these files on every request.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
+    _shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="messages-metrics-", dir=_shm)
 
 bind = _server.bind
 workers = _server.workers
@@ -35,6 +48,36 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["stdout"]},
 }
 # Heartbeat files in memory, off the disk and off overlayfs in containers.
-worker_tmp_dir = "/dev/shm"  # noqa: S108
+worker_tmp_dir = "/dev/shm"
 control_socket_disable = True  # no runtime control socket under $HOME
 forwarded_allow_ips = "*"  # only nginx can reach us; it sets X-Forwarded-*
+
+
+def on_starting(server):
+    """Start from empty metric files: values left by an earlier run would be added in."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def when_ready(server):
+    """Serve the sum over all workers on the internal metrics port, from the master."""
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    host, _, port = _server.metrics_bind.rpartition(":")
+    GunicornPrometheusMetrics.start_http_server_when_ready(int(port), host)
+    server.log.info("Serving metrics at http://%s/metrics", _server.metrics_bind)
+
+
+def child_exit(server, worker):
+    """A dead worker's in-flight gauge must stop counting; its counters stay in the sum."""
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder if this master made it."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from time import perf_counter
 
+import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-import redis
 from service.config import Settings
+from service.metrics import REDIS_COMMANDS, StoreMetrics
 
 KEY_PREFIX = "msg:"
 
@@ -44,36 +46,61 @@ def make_client(settings: Settings) -> redis.Redis:
 
 
 class MessageStore:
-    """Stores and finds messages by digest; translates Redis failures into StoreErrors."""
+    """Stores and finds messages by digest, timing each Redis command; translates Redis
+    failures into StoreErrors."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, metrics: StoreMetrics) -> None:
         self._redis = client
+        self._metrics = metrics
+        # Bound once: looking a labelled child up on every request costs time.
+        self._stored = {
+            True: metrics.stored.labels("new"),
+            False: metrics.stored.labels("existing"),
+        }
+        self._found = {True: metrics.lookups.labels("hit"), False: metrics.lookups.labels("miss")}
+        self._duration = {c: metrics.redis_duration.labels(c) for c in REDIS_COMMANDS}
 
     def put(self, data: bytes) -> tuple[str, bool]:
         """Store the message bytes; return (digest, created). An existing value is kept."""
         digest = digest_of(data)
         # NX: a content-addressed value never changes, so a repeat is a no-op, which also
         # makes a retried POST (by the client, nginx or redis-py) safe.
-        created = self._call(self._redis.set, KEY_PREFIX + digest, data, nx=True)
-        return digest, bool(created)
+        created = bool(self._call("SET", self._redis.set, KEY_PREFIX + digest, data, nx=True))
+        self._stored[created].inc()
+        return digest, created
 
     def get(self, digest: str) -> bytes | None:
         """The message bytes for a lowercase hex digest, or None."""
-        return self._call(self._redis.get, KEY_PREFIX + digest)
+        data = self._call("GET", self._redis.get, KEY_PREFIX + digest)
+        self._found[data is not None].inc()
+        return data
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        self._call(self._redis.ping)
+        self._call("PING", self._redis.ping)
 
     def close(self) -> None:
         """Release the pool's connections."""
         self._redis.close()
 
-    @staticmethod
-    def _call(command, *args, **kwargs):
+    def _call(self, name: str, command, *args, **kwargs):
+        started = perf_counter()
         try:
             return command(*args, **kwargs)
         except redis.OutOfMemoryError as exc:
+            self._error(name, "other")
             raise StoreFull(str(exc)) from exc
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
+        except redis.TimeoutError as exc:
+            self._error(name, "timeout")
+            raise StoreUnavailable(f"TimeoutError: {exc}") from exc
+        except (redis.ConnectionError, redis.ReadOnlyError) as exc:
+            self._error(name, "connection")
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except redis.RedisError:
+            self._error(name, "other")
+            raise
+        finally:
+            self._duration[name].observe(perf_counter() - started)
+
+    def _error(self, command: str, kind: str) -> None:
+        self._metrics.redis_errors.labels(command, kind).inc()

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import port_for
 import pytest
+import redis
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
-import redis
-from native.stack import ROOT, Process, StackConfig, processes
+from native.stack import DEFAULT_PORTS, ROOT, Process, StackConfig, processes
 from service.app import create_app
 
 CERT = str(ROOT / "localhost.crt")
@@ -26,6 +26,11 @@ START_TIMEOUT = 60
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     return port_for.select_random()
+
+
+def free_ports_env() -> dict[str, str]:
+    """<NAME>_PORT for every port of a native stack, each a free one."""
+    return {f"{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS}
 
 
 def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
@@ -55,7 +60,11 @@ class Stack:
     @property
     def redis(self) -> redis.Redis:
         """A client of the stack's own Redis, for checking what was stored."""
-        return redis.Redis(port=self.cfg.redis_port)
+        return redis.Redis(port=self.cfg.ports["redis"])
+
+    def scrape(self, part: str) -> str:
+        """The text a part of the stack serves on /metrics (app_metrics, mtail, ...)."""
+        return requests.get(f"http://{self.cfg.address(part)}/metrics", timeout=10).text
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         """A request through the TLS edge, verified against localhost.crt."""
@@ -73,12 +82,13 @@ class Stack:
             ex.stop()
 
 
-def make_stack(tmp: Path, **env: str) -> Stack:
-    """A stack on free ports with its state and logs in tmp; env overrides settings."""
+CORE = ("redis", "app", "nginx")
+
+
+def make_stack(tmp: Path, parts: tuple[str, ...] = CORE, **env: str) -> Stack:
+    """A stack of the given parts on free ports, state and logs in tmp; env overrides."""
     base = {
-        "EDGE_PORT": str(free_port()),
-        "APP_PORT": str(free_port()),
-        "REDIS_PORT": str(free_port()),
+        **free_ports_env(),
         "STATE_DIR": str(tmp / "state"),
         "WEB_CONCURRENCY": "2",
         # The shared suite sends many requests from one address; limits have their own test.
@@ -86,7 +96,7 @@ def make_stack(tmp: Path, **env: str) -> Stack:
         "RATE_LIMIT_BURST": "10000",
     }
     cfg = StackConfig.from_env({**os.environ, **base, **env})
-    executors = {p.name: executor(p, tmp) for p in processes(cfg)}
+    executors = {p.name: executor(p, tmp) for p in processes(cfg) if p.name in parts}
     http = requests.Session()
     http.verify = CERT
     # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
@@ -108,8 +118,8 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Start a private stack (for tests that stop parts of it or change its settings)."""
     started: list[Stack] = []
 
-    def start(**env: str) -> Stack:
-        s = make_stack(tmp_path / f"stack{len(started)}", **env)
+    def start(parts: tuple[str, ...] = CORE, **env: str) -> Stack:
+        s = make_stack(tmp_path / f"stack{len(started)}", parts, **env)
         started.append(s)
         s.start()
         return s

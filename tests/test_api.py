@@ -6,8 +6,8 @@ import hashlib
 import json
 
 import pytest
-
 import redis
+
 from service.app import create_app
 
 FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"

@@ -13,12 +13,22 @@ import subprocess
 import pytest
 import yaml
 
-from native.stack import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, ROOT, StackConfig, render_nginx
+from native.stack import (
+    NGINX_TEMPLATE,
+    NGINX_TEMPLATE_VARS,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_JOB_PORTS,
+    ROOT,
+    StackConfig,
+    render_nginx,
+    render_prometheus,
+)
 from service.config import Settings
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+MONITORING_DOCKERFILE = (ROOT / "monitoring" / "Dockerfile").read_text()
 
 
 def compose_default(value: str) -> str:
@@ -28,7 +38,9 @@ def compose_default(value: str) -> str:
 
 
 def test_the_stack_has_the_expected_services():
-    assert set(SERVICES) == {"redis", "app", "nginx"}
+    assert set(SERVICES) == {
+        "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -38,9 +50,11 @@ def test_every_service_has_a_healthcheck(name):
     assert "healthcheck" in service or from_image
 
 
-def test_only_nginx_publishes_a_port():
-    assert {n for n, s in SERVICES.items() if "ports" in s} == {"nginx"}
+def test_only_nginx_publishes_a_port_to_the_network():
     assert SERVICES["nginx"]["ports"] == ["5000:5000"]
+    for name, service in SERVICES.items():
+        if name != "nginx":
+            assert all(p.startswith("127.0.0.1:") for p in service.get("ports", [])), name
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -54,7 +68,7 @@ def test_mounted_files_are_the_repos_own():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
-                assert (ROOT / source).is_file(), source
+                assert (ROOT / source).exists(), source
 
 
 def test_redis_keeps_data_on_a_named_volume_with_the_shared_config():
@@ -84,9 +98,10 @@ def test_compose_defaults_match_the_code():
 
 def test_images_are_pinned():
     images = [s["image"] for s in SERVICES.values() if "build" not in s]
-    images += re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
+    for dockerfile in (DOCKERFILE, MONITORING_DOCKERFILE):
+        images += re.findall(r"^FROM (\S+)", dockerfile, re.M)
     for image in images:
-        assert re.search(r":\d+\.\d+\.\d+", image), f"{image} is not pinned to a version"
+        assert re.search(r":\d+\.\d+", image), f"{image} is not pinned to a version"
 
 
 def test_dockerfile_runs_gunicorn_as_a_non_root_user():
@@ -101,5 +116,40 @@ def test_native_nginx_config_is_complete_and_valid(tmp_path):
     text = conf.read_text()
     assert "${" not in text
     check = subprocess.run(["nginx", "-t", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+
+
+def test_monitoring_image_has_the_versions_the_tests_run():
+    pinned = dict(re.findall(r"^\s+([a-z0-9-]+)=(\S+)", MONITORING_DOCKERFILE, re.M))
+    for package in (
+        "mtail",
+        "prometheus",
+        "prometheus-nginx-exporter",
+        "prometheus-redis-exporter",
+    ):
+        installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert pinned[package] == installed, f"{package}: image {pinned[package]}, here {installed}"
+
+
+def test_every_prometheus_job_has_a_native_target():
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(PROMETHEUS_JOB_PORTS)
+
+
+@pytest.mark.parametrize("render", ["repo", "native"])
+def test_prometheus_config_is_valid(tmp_path, render):
+    path = PROMETHEUS_CONFIG
+    if render == "native":
+        path = render_prometheus(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
+    check = subprocess.run(["promtool", "check", "config", str(path)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_mtail_program_compiles():
+    check = subprocess.run(["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
+                            "--compile_only", "--logtostderr"],
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stderr

@@ -197,7 +197,7 @@ def test_app_down_is_a_json_502(stack_factory):
 def test_app_hung_is_a_json_504(stack_factory):
     stack = stack_factory()
     stack.executors["app"].stop()
-    with socket.create_server(("127.0.0.1", stack.cfg.app_port)) as silent:
+    with socket.create_server(("127.0.0.1", stack.cfg.ports["app"])) as silent:
         silent.listen(16)  # accepts, never answers: nginx's proxy_read_timeout applies
         r = stack.request("GET", "/healthz")
     assert_json_error(r, 504, "timed out")

@@ -8,14 +8,13 @@ import requests
 from mirakuru import HTTPExecutor
 
 from native.stack import StackConfig, processes
-from tests.conftest import free_port
+from tests.conftest import free_ports_env
 
 pytestmark = pytest.mark.stack
 
 
 def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
-    env = {"STATE_DIR": str(tmp_path), "APP_PORT": str(free_port()),
-           "REDIS_PORT": str(free_port()), "WEB_CONCURRENCY": "3"}  # fmt: skip
+    env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "3"}
     app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:

@@ -12,7 +12,7 @@ import requests
 from mirakuru import SimpleExecutor
 
 from native.stack import ROOT
-from tests.conftest import CERT, free_port
+from tests.conftest import CERT, free_ports_env
 
 pytestmark = pytest.mark.stack
 
@@ -38,8 +38,8 @@ def ready(url: str) -> bool:
 
 def run_once(state_dir: str, stop_signal: int, check) -> None:
     """make run; wait until ready; run check(url); stop it as a user would; nothing is left."""
-    ports = {"EDGE_PORT": free_port(), "APP_PORT": free_port(), "REDIS_PORT": free_port()}
-    env = {**{k: str(v) for k, v in ports.items()}, "STATE_DIR": state_dir}
+    ports = free_ports_env()
+    env = {**ports, "STATE_DIR": state_dir}
     url = f"https://localhost:{ports['EDGE_PORT']}"
     make = SimpleExecutor(["make", "--no-print-directory", "run"], cwd=str(ROOT), envvars=env,
                           stdout=subprocess.DEVNULL, timeout=120)  # fmt: skip
@@ -51,7 +51,7 @@ def run_once(state_dir: str, stop_signal: int, check) -> None:
         make.wait_for(lambda: not make.running())
         assert processes_of(state_dir) == []
         listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
-        assert listening.isdisjoint(ports.values())
+        assert listening.isdisjoint(int(p) for p in ports.values())
     finally:
         make.kill()
 

@@ -7,14 +7,17 @@ import threading
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.config import Settings
+from service.metrics import StoreMetrics
 from service.store import MessageStore, StoreUnavailable, digest_of, make_client
 from tests.conftest import free_port, redis_executor
 
 
 def store_for(url: str, **settings) -> MessageStore:
-    return MessageStore(make_client(Settings(redis_url=url, **settings)))
+    metrics = StoreMetrics.create(CollectorRegistry())
+    return MessageStore(make_client(Settings(redis_url=url, **settings)), metrics)
 
 
 def test_put_then_get(redis_url):
