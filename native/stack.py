@@ -115,6 +115,7 @@ class Process:
     env: dict[str, str]
     port: int
     ready_path: str | None = None  # HTTP path answering 200 when ready; None: port open
+    stop_exit_code: int = 0  # what it exits with after SIGTERM
 
 
 def git_revision() -> str:
@@ -236,6 +237,7 @@ def processes(cfg: StackConfig) -> list[Process]:
             env=env,
             port=port["nginx_exporter"],
             ready_path="/metrics",
+            stop_exit_code=1,  # 0.11 logs a clean shutdown, then exits 1 all the same
         ),
         Process(
             name="redis-exporter",

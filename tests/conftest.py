@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,8 @@ def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
     """A mirakuru executor for a stack process, waiting for its port or ready path."""
     log = (log_dir / f"{proc.name}.log").open("ab")
     common = {"envvars": proc.env, "stdout": log, "stderr": subprocess.STDOUT,
-              "timeout": START_TIMEOUT}  # fmt: skip
+              "timeout": START_TIMEOUT,
+              "expected_returncode": proc.stop_exit_code or None}  # fmt: skip
     if proc.ready_path:
         url = f"http://127.0.0.1:{proc.port}{proc.ready_path}"
         return HTTPExecutor(proc.argv, url=url, method="GET", **common)
@@ -167,3 +170,28 @@ def app(redis_url: str) -> Iterator[Flask]:
 def client(app: Flask) -> FlaskClient:
     """Flask's test client for the app."""
     return app.test_client()
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers: a hung Redis."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()

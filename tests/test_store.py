@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import pytest
@@ -44,31 +42,6 @@ def test_nothing_listening_is_unavailable():
         store.put(b"foo")
     with pytest.raises(StoreUnavailable):
         store.ping()
-
-
-@pytest.fixture
-def silent_server():
-    """A TCP server that accepts connections and never answers: a hung Redis."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-    stop = threading.Event()
-
-    def accept():
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
 
 
 def test_hung_redis_is_unavailable_not_a_hang(silent_server):

@@ -1,0 +1,56 @@
+"""The edge metrics program (monitoring/mtail/edge.mtail), run by the real mtail over lines
+in the form nginx sends them."""
+
+from __future__ import annotations
+
+import subprocess
+
+from native.stack import ROOT
+from tests.metrics_text import value
+
+LINES = [
+    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.003 0.002",
+    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.000 0.000",  # faster than nginx's clock
+    "<190>Nov 28 08:00:00 edge: /messages POST 201 12.500 12.499",  # over the top bucket
+    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.020 0.010, 0.009",  # retried upstream
+    "<190>Nov 28 08:00:00 edge: /messages/<digest> GET 502 0.001 -",  # no upstream answer
+    "<190>Nov 28 08:00:00 edge: other OTHER 405 0.000 -",
+    "something that is not an edge line",
+]
+
+
+def run_mtail(tmp_path) -> str:
+    log = tmp_path / "edge.log"
+    log.write_text("\n".join(LINES) + "\n")
+    out = subprocess.run(
+        ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
+         "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_requests_are_counted_by_route_method_and_status(tmp_path):
+    text = run_mtail(tmp_path)
+    count = "edge_http_requests_total"
+    assert value(text, count, route="/messages", method="POST", status="201") == 4
+    assert value(text, count, route="/messages/<digest>", method="GET", status="502") == 1
+    assert value(text, count, route="other", method="OTHER", status="405") == 1
+    assert value(text, count) == 6
+
+
+def test_every_duration_lands_in_a_bucket(tmp_path):
+    text = run_mtail(tmp_path)
+    name = "edge_http_request_duration_seconds"
+    labels = {"route": "/messages", "status": "201"}
+    assert value(text, f"{name}_count", **labels) == 4
+    assert value(text, f"{name}_bucket", le="+Inf", **labels) == 4
+    assert value(text, f"{name}_bucket", le="0.0005", **labels) == 1  # the 0.000 one
+    assert value(text, f"{name}_bucket", le="10", **labels) == 3
+
+
+def test_upstream_time_only_when_an_upstream_answered(tmp_path):
+    text = run_mtail(tmp_path)
+    name = "edge_upstream_response_duration_seconds_count"
+    assert value(text, name, route="/messages") == 4
+    assert value(text, name, route="/messages/<digest>") == 0
