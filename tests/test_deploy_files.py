@@ -150,6 +150,6 @@ def test_prometheus_config_is_valid(tmp_path, render):
 
 def test_mtail_program_compiles():
     check = subprocess.run(["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
-                            "--compile_only", "--logtostderr"],
+                            "--compile_only", "--address", "127.0.0.1", "--port", "0"],
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stderr

@@ -24,7 +24,8 @@ def run_mtail(tmp_path) -> str:
     log.write_text("\n".join(LINES) + "\n")
     out = subprocess.run(
         ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
-         "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false"],
+         "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false",
+         "--address", "127.0.0.1", "--port", "0"],  # it opens its HTTP port even here
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return out.stdout
