@@ -23,8 +23,9 @@ NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
     "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
     "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN",
-    "EDGE_METRICS_SYSLOG",
+    "EDGE_METRICS_SYSLOG", "TRACE_CONTEXT_TRUSTED",
 )  # fmt: skip
+NO_NETWORK = "0.0.0.0/32"  # TRACE_CONTEXT_TRUSTED's default: trust no one
 PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 
 # Every port of the stack, overridable as <NAME>_PORT (EDGE_PORT, APP_PORT, ...).
@@ -144,6 +145,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "RATE_LIMIT_BURST": str(cfg.rate_limit_burst),
         "EDGE_STATUS_LISTEN": cfg.address("edge_status"),
         "EDGE_METRICS_SYSLOG": cfg.address("mtail_syslog"),
+        "TRACE_CONTEXT_TRUSTED": cfg.env.get("TRACE_CONTEXT_TRUSTED") or NO_NETWORK,
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import api, health, metrics, request_id
+from service import api, health, logs, metrics, request_id, telemetry
 from service.config import Settings
 from service.store import MessageStore, make_client
 
@@ -22,7 +22,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["settings"] = settings
     store_metrics = metrics.init_app(app, settings.revision)
     app.extensions["message_store"] = MessageStore(make_client(settings), store_metrics)
+    telemetry.instrument_app(app)  # first: its span must exist when the request id is set
     request_id.init_app(app)
+    logs.init_app(app)
     health.init_app(app)
     api.init_app(app)
     return app

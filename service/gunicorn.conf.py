@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 from service.config import ServerSettings
+from service.logs import logging_config
 
 _server = ServerSettings.from_env()
 
@@ -27,26 +28,8 @@ timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
 keepalive = 75  # longer than nginx's upstream keepalive_timeout, so nginx closes first
 accesslog = None  # nginx writes the access log
-# Every log line, gunicorn's and the app's, to stdout (gunicorn's default is stderr).
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "generic": {
-            "format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-            "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
-        }
-    },
-    "handlers": {
-        "stdout": {
-            "class": "logging.StreamHandler",
-            "formatter": "generic",
-            "stream": "ext://sys.stdout",
-        }
-    },
-    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False}},
-    "root": {"level": "INFO", "handlers": ["stdout"]},
-}
+# Every log line, gunicorn's and the app's, as JSON on stdout.
+logconfig_dict = logging_config()
 # Heartbeat files in memory, off the disk and off overlayfs in containers.
 worker_tmp_dir = "/dev/shm"
 control_socket_disable = True  # no runtime control socket under $HOME
@@ -68,6 +51,21 @@ def when_ready(server):
     host, _, port = _server.metrics_bind.rpartition(":")
     GunicornPrometheusMetrics.start_http_server_when_ready(int(port), host)
     server.log.info("Serving metrics at http://%s/metrics", _server.metrics_bind)
+
+
+def post_fork(server, worker):
+    """Tracing is set up in each worker, never in the master: its exporter thread and
+    connections would not survive the fork."""
+    from service import telemetry
+
+    telemetry.setup_tracing()
+
+
+def worker_exit(server, worker):
+    """Send the spans a worker still holds before it goes."""
+    from service import telemetry
+
+    telemetry.shutdown()
 
 
 def child_exit(server, worker):

@@ -54,6 +54,7 @@ class Stack:
     cfg: StackConfig
     executors: dict[str, SimpleExecutor]
     http: requests.Session
+    log_dir: Path  # <process name>.log: each process's stdout and stderr
 
     @property
     def url(self) -> str:
@@ -104,7 +105,7 @@ def make_stack(tmp: Path, parts: tuple[str, ...] = CORE, **env: str) -> Stack:
     http.verify = CERT
     # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
     http.trust_env = False
-    return Stack(cfg=cfg, executors=executors, http=http)
+    return Stack(cfg=cfg, executors=executors, http=http, log_dir=tmp)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ def compose_default(value: str) -> str:
 
 def test_the_stack_has_the_expected_services():
     assert set(SERVICES) == {
-        "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus"
+        "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus",
+        "jaeger",
     }  # fmt: skip
 
 
@@ -153,3 +154,22 @@ def test_mtail_program_compiles():
                             "--compile_only", "--address", "127.0.0.1", "--port", "0"],
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def test_grafana_datasources_have_the_keys_grafana_reads():
+    path = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
+    config = yaml.safe_load(path.read_text())
+    assert config["apiVersion"] == 1
+    uids = [d["uid"] for d in config["datasources"]]
+    assert len(uids) == len(set(uids))
+    for source in config["datasources"]:
+        assert {"name", "uid", "type", "access", "url"} <= source.keys()
+        host = re.match(r"https?://([^:/]+)", source["url"]).group(1)
+        assert host in SERVICES, f"{source['name']} points at {host}, not a compose service"
+    assert sum(1 for d in config["datasources"] if d.get("isDefault")) == 1
+
+
+def test_the_app_exports_traces_to_the_trace_backend():
+    env = SERVICES["app"]["environment"]
+    assert compose_default(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == "http://jaeger:4318"
+    assert set(SERVICES["app"]["networks"]) & set(SERVICES["jaeger"]["networks"])

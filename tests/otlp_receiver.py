@@ -1,0 +1,95 @@
+"""A real OTLP/HTTP trace receiver for the tests: decodes the protobuf export requests the
+app's OTLP exporter sends, and keeps the spans."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+
+@dataclass
+class Span:
+    """The parts of a received span the tests look at."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    attributes: dict[str, object]
+    resource: dict[str, object]
+
+
+def _value(v: AnyValue) -> object:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+def _attributes(pairs) -> dict[str, object]:
+    return {kv.key: _value(kv.value) for kv in pairs}
+
+
+@dataclass
+class Receiver:
+    """Listens on 127.0.0.1:port for POST /v1/traces."""
+
+    server: ThreadingHTTPServer
+    spans: list[Span] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        """What OTEL_EXPORTER_OTLP_ENDPOINT should say."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_receiver() -> Receiver:
+    """Start a receiver on a free port, serving from a thread."""
+    receiver: Receiver
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            receiver.raw.append(body)
+            for resource_spans in request.resource_spans:
+                resource = _attributes(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for s in scope_spans.spans:
+                        receiver.spans.append(Span(
+                            trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex(), name=s.name, kind=s.kind,
+                            attributes=_attributes(s.attributes), resource=resource,
+                        ))  # fmt: skip
+            answer = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver = Receiver(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return receiver

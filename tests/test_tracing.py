@@ -1,0 +1,181 @@
+"""Traces and logs end to end: a real OTLP/HTTP receiver gets the app's spans for requests
+sent through the TLS edge, and they match the app's JSON log lines and the request id."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack, make_stack
+from tests.otlp_receiver import Receiver, Span, start_receiver
+
+pytestmark = pytest.mark.stack
+
+SECRET = "attack at dawn 7f3a9c"  # a message whose text must not leave the service
+FORGED_TRACE = "0af7651916cd43dd8448eb211c80319c"
+FORGED_PARENT = f"00-{FORGED_TRACE}-b7ad6b7169203331-01"
+SERVER, CLIENT = 2, 3  # OTLP span kinds
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = start_receiver()
+    yield r
+    r.close()
+
+
+def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
+    settings = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: export quickly, the tests wait for spans
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "1",
+        **env,
+    }
+    stack = make_stack(tmp, **settings)
+    stack.start()
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, receiver):
+    s = traced_stack(tmp_path_factory.mktemp("traced"), receiver)
+    yield s
+    s.stop()
+
+
+def app_log(stack: Stack) -> list[dict]:
+    """Every line the app process wrote, each parsed as JSON (fails on a line that is not)."""
+    text = (stack.log_dir / "app.log").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def spans_of(stack: Stack, receiver: Receiver, request_id: str) -> tuple[Span, list[Span]]:
+    """The server span tagged with request_id and the spans of its trace, once exported."""
+
+    def server_span() -> Span | None:
+        return next((s for s in receiver.spans if s.attributes.get("request_id") == request_id
+                     and s.kind == SERVER), None)  # fmt: skip
+
+    stack.executors["app"].wait_for(lambda: server_span() is not None)
+    root = server_span()
+    return root, [s for s in receiver.spans if s.trace_id == root.trace_id]
+
+
+def test_a_request_gives_a_server_span_with_a_redis_child_matching_the_logs(stack, receiver):
+    r = stack.request("POST", "/messages", json={"message": "traced"})
+    assert r.status_code == 201
+    request_id = r.headers["X-Request-ID"]
+    root, trace_spans = spans_of(stack, receiver, request_id)
+
+    assert root.attributes["http.route"] == "/messages"
+    status = root.attributes.get(
+        "http.response.status_code", root.attributes.get("http.status_code")
+    )
+    assert status == 201
+    assert root.parent_span_id == ""  # nginx passed no trace context: the app starts the trace
+    redis_spans = [s for s in trace_spans if s.kind == CLIENT]
+    assert [s.name for s in redis_spans] == ["SET"]
+    assert redis_spans[0].parent_span_id == root.span_id
+    assert root.resource["service.name"] == "messages"
+
+    access = [line for line in app_log(stack) if line.get("request_id") == request_id]
+    assert len(access) == 1
+    (line,) = access
+    assert (line["logger"], line["method"], line["route"], line["status"]) == (
+        "service.access", "POST", "/messages", 201
+    )  # fmt: skip
+    assert line["trace_id"] == root.trace_id
+    assert line["span_id"] == root.span_id
+    assert line["duration_ms"] > 0
+
+
+def test_a_forged_traceparent_from_the_internet_is_dropped(stack, receiver):
+    r = stack.request("GET", f"/messages/{'f' * 64}", headers={"traceparent": FORGED_PARENT})
+    root, _ = spans_of(stack, receiver, r.headers["X-Request-ID"])
+    assert root.trace_id != FORGED_TRACE
+    assert root.parent_span_id == ""
+
+
+def test_trace_context_from_the_trusted_network_is_kept(tmp_path, receiver):
+    stack = traced_stack(tmp_path, receiver, TRACE_CONTEXT_TRUSTED="127.0.0.0/8")
+    try:
+        r = stack.request("GET", f"/messages/{'f' * 64}", headers={"traceparent": FORGED_PARENT})
+        root, _ = spans_of(stack, receiver, r.headers["X-Request-ID"])
+        assert root.trace_id == FORGED_TRACE
+        assert root.parent_span_id == "b7ad6b7169203331"
+    finally:
+        stack.stop()
+
+
+def test_message_text_never_leaves_in_spans_or_logs(stack, receiver):
+    r = stack.request("POST", "/messages", json={"message": SECRET})
+    digest = r.json()["digest"]
+    got = stack.request("GET", f"/messages/{digest}")
+    assert got.json() == {"message": SECRET}
+    spans_of(stack, receiver, got.headers["X-Request-ID"])
+    spans_of(stack, receiver, r.headers["X-Request-ID"])
+    secret = SECRET.encode()
+    assert not any(secret in body for body in receiver.raw)
+    for log in ("app.log", "nginx.log", "redis.log"):
+        assert SECRET not in (stack.log_dir / log).read_text()
+
+
+def test_health_checks_are_not_traced(stack, receiver):
+    r = stack.request("GET", "/healthz")
+    stack.request("POST", "/messages", json={"message": "after health"})  # flushes a batch
+    marker = stack.request("GET", f"/messages/{'9' * 64}")
+    spans_of(stack, receiver, marker.headers["X-Request-ID"])
+    assert not [
+        s for s in receiver.spans if s.attributes.get("request_id") == r.headers["X-Request-ID"]
+    ]
+    assert not [
+        s for s in receiver.spans if s.attributes.get("http.route") in ("/healthz", "/readyz")
+    ]
+
+
+def test_every_worker_exports_spans(stack, receiver):
+    def get(i: int) -> str:
+        return stack.request("GET", f"/messages/{i:064d}").headers["X-Request-ID"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(get, range(80)))
+    pids = {spans_of(stack, receiver, rid)[0].resource["process.pid"] for rid in ids}
+    assert len(pids) == 2  # WEB_CONCURRENCY=2: the post_fork hook set up tracing in both
+
+
+def test_errors_are_logged_as_json_with_the_exception(stack):
+    stack.redis.set(f"msg:{'e' * 64}", b"\xff")  # not UTF-8: only a bug or tampering does this
+    r = stack.request("GET", f"/messages/{'e' * 64}")
+    assert r.status_code == 500
+    request_id = r.headers["X-Request-ID"]
+    errors = [
+        x for x in app_log(stack) if x.get("request_id") == request_id and x["level"] == "ERROR"
+    ]
+    assert len(errors) == 1
+    assert "UnicodeDecodeError" in errors[0]["exception"]
+
+
+def test_every_app_log_line_is_json_gunicorn_included(stack):
+    lines = app_log(stack)
+    assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"]
+               for line in lines)  # fmt: skip
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+
+
+def test_tracing_off_without_an_endpoint(tmp_path, receiver):
+    stack = make_stack(tmp_path, OTEL_SDK_DISABLED="true",
+                       OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)  # fmt: skip
+    stack.start()
+    try:
+        r = stack.request("POST", "/messages", json={"message": "untraced"})
+        assert r.status_code == 201
+        request_id = r.headers["X-Request-ID"]
+        (line,) = [x for x in app_log(stack) if x.get("request_id") == request_id]
+        assert "trace_id" not in line
+    finally:
+        stack.stop()
+    assert not [s for s in receiver.spans if s.attributes.get("request_id") == request_id]
