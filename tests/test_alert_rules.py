@@ -1,0 +1,75 @@
+"""The alerting and recording rules: valid, unit-tested by promtool case by case, and each
+alert documented with a runbook."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from native.stack import ROOT
+
+PROMETHEUS = ROOT / "monitoring" / "prometheus"
+RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
+TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
+RUNBOOKS = (ROOT / "docs" / "runbooks.md").read_text()
+
+
+def rules(kind: str) -> list[dict]:
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if kind in rule
+    ]
+
+
+ALERTS = rules("alert")
+RECORDS = {rule["record"] for rule in rules("record")}
+CASES = [case for path in TEST_FILES for case in yaml.safe_load(path.read_text())["tests"]]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_rules_are_valid():
+    check = run("promtool", "check", "rules", *map(str, RULE_FILES))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_promtool_unit_tests_pass():
+    check = run("promtool", "test", "rules", *map(str, TEST_FILES))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("alert", [a["alert"] for a in ALERTS])
+def test_every_alert_has_a_case_where_it_fires_and_one_where_it_must_not(alert):
+    outcomes = [
+        bool(t["exp_alerts"])
+        for case in CASES
+        for t in case.get("alert_rule_test", [])
+        if t["alertname"] == alert
+    ]
+    assert True in outcomes, f"no test where {alert} fires"
+    assert False in outcomes, f"no test where {alert} stays silent"
+
+
+@pytest.mark.parametrize("record", sorted(RECORDS))
+def test_every_recording_rule_is_tested(record):
+    exprs = [t["expr"] for case in CASES for t in case.get("promql_expr_test", [])]
+    assert record in exprs
+
+
+@pytest.mark.parametrize("alert", ALERTS, ids=[a["alert"] for a in ALERTS])
+def test_every_alert_is_labelled_annotated_and_has_a_runbook(alert):
+    assert re.fullmatch(r"(?:[A-Z][a-z0-9]*|TLS)+", alert["alert"]), "CamelCase names"
+    assert alert["labels"]["severity"] in ("critical", "warning")
+    notes = alert["annotations"]
+    assert notes["summary"] and "$value" in notes["description"]
+    anchor = notes["runbook_url"].removeprefix("docs/runbooks.md#")
+    assert anchor == alert["alert"].lower()
+    assert f"## {alert['alert']}" in RUNBOOKS, "the runbook section exists"
