@@ -26,7 +26,13 @@ NGINX_TEMPLATE_VARS = (
     "EDGE_METRICS_SYSLOG", "TRACE_CONTEXT_TRUSTED",
 )  # fmt: skip
 NO_NETWORK = "0.0.0.0/32"  # TRACE_CONTEXT_TRUSTED's default: trust no one
-PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+MONITORING = ROOT / "monitoring"
+PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
+ALERTMANAGER_TEMPLATE = MONITORING / "alertmanager" / "alertmanager.yml.template"
+ALERTMANAGER_TEMPLATE_VARS = (
+    "ALERT_RECEIVER", "ALERT_WEBHOOK_URL", "ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL",
+)  # fmt: skip
+BLACKBOX_CONFIG = MONITORING / "blackbox" / "blackbox.yml"
 
 # Every port of the stack, overridable as <NAME>_PORT (EDGE_PORT, APP_PORT, ...).
 DEFAULT_PORTS = {
@@ -40,6 +46,10 @@ DEFAULT_PORTS = {
     "nginx_exporter": 9113,
     "redis_exporter": 9121,
     "prometheus": 9090,
+    "alertmanager": 9093,
+    "blackbox_exporter": 9115,
+    "node_exporter": 9100,
+    "process_exporter": 9256,
 }
 # Which port each Prometheus job scrapes natively (compose uses service names instead).
 PROMETHEUS_JOB_PORTS = {
@@ -48,6 +58,10 @@ PROMETHEUS_JOB_PORTS = {
     "nginx": "nginx_exporter",
     "redis": "redis_exporter",
     "prometheus": "prometheus",
+    "alertmanager": "alertmanager",
+    "blackbox": "blackbox_exporter",
+    "node": "node_exporter",
+    "components": "process_exporter",
 }
 
 
@@ -60,6 +74,7 @@ class StackConfig:
     rate_limit_rps: int = 100
     rate_limit_burst: int = 200
     scrape_interval: str | None = None  # None: as in prometheus.yml
+    alert_resend_delay: str = "1m"
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +92,7 @@ class StackConfig:
             rate_limit_rps=int(env.get("RATE_LIMIT_RPS") or d.rate_limit_rps),
             rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or d.rate_limit_burst),
             scrape_interval=env.get("SCRAPE_INTERVAL") or None,
+            alert_resend_delay=env.get("ALERT_RESEND_DELAY") or d.alert_resend_delay,
             env=env,
         )
 
@@ -149,20 +165,54 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def render_nginx(cfg: StackConfig) -> Path:
-    """Fill in the shared nginx template with envsubst, as the nginx image does in compose."""
-    run_dir = cfg.state_dir / "nginx"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    only_ours = " ".join(f"${{{name}}}" for name in NGINX_TEMPLATE_VARS)
+def render_template(template: Path, values: Mapping[str, str], out: Path) -> Path:
+    """Fill in a shared template with envsubst, as the containers do in compose: only the
+    named variables, so that nginx's own $variables stay as they are."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    only_ours = " ".join(f"${{{name}}}" for name in values)
     rendered = subprocess.run(
         ["envsubst", only_ours],
-        input=NGINX_TEMPLATE.read_text(),
-        env={**os.environ, **nginx_values(cfg)},
+        input=template.read_text(),
+        env={**os.environ, **values},
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    conf = run_dir / "nginx.conf"
-    conf.write_text(rendered)
-    return conf
+    out.write_text(rendered)
+    return out
+
+
+def render_nginx(cfg: StackConfig) -> Path:
+    """The shared nginx template, filled in for this stack."""
+    values = nginx_values(cfg)
+    assert set(values) == set(NGINX_TEMPLATE_VARS)
+    return render_template(NGINX_TEMPLATE, values, cfg.state_dir / "nginx" / "nginx.conf")
+
+
+def alertmanager_values(cfg: StackConfig) -> dict[str, str]:
+    """Alertmanager's settings: the caller's, with defaults that send nothing anywhere."""
+    url = cfg.env.get("ALERT_WEBHOOK_URL", "")
+    return {
+        "ALERT_RECEIVER": cfg.env.get("ALERT_RECEIVER") or ("webhook" if url else "local"),
+        "ALERT_WEBHOOK_URL": url or "http://127.0.0.1:9/unused",
+        "ALERT_GROUP_WAIT": cfg.env.get("ALERT_GROUP_WAIT") or "30s",
+        "ALERT_GROUP_INTERVAL": cfg.env.get("ALERT_GROUP_INTERVAL") or "5m",
+    }
+
+
+def render_alertmanager(cfg: StackConfig) -> Path:
+    """The shared Alertmanager template, filled in for this stack."""
+    out = cfg.state_dir / "alertmanager" / "alertmanager.yml"
+    return render_template(ALERTMANAGER_TEMPLATE, alertmanager_values(cfg), out)
+
+
+def render_blackbox(cfg: StackConfig) -> Path:
+    """The shared blackbox config, trusting the repository's certificate."""
+    config = yaml.safe_load(BLACKBOX_CONFIG.read_text())
+    for module in config["modules"].values():
+        module["http"]["tls_config"]["ca_file"] = str(ROOT / "localhost.crt")
+    out = cfg.state_dir / "blackbox" / "blackbox.yml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
 
 
 def render_prometheus(cfg: StackConfig) -> Path:
@@ -171,7 +221,17 @@ def render_prometheus(cfg: StackConfig) -> Path:
     for job in config["scrape_configs"]:
         for sd in ("dns_sd_configs", "static_configs", "file_sd_configs"):
             job.pop(sd, None)
-        job["static_configs"] = [{"targets": [cfg.address(PROMETHEUS_JOB_PORTS[job["job_name"]])]}]
+        address = cfg.address(PROMETHEUS_JOB_PORTS[job["job_name"]])
+        if job["job_name"] == "blackbox":
+            # The probed URL is the target; the exporter's address is set by relabelling.
+            job["static_configs"] = [{"targets": [f"https://localhost:{cfg.edge_port}/healthz"]}]
+            for relabel in job["relabel_configs"]:
+                if relabel.get("target_label") == "__address__":
+                    relabel["replacement"] = address
+        else:
+            job["static_configs"] = [{"targets": [address]}]
+    for alertmanagers in config["alerting"]["alertmanagers"]:
+        alertmanagers["static_configs"] = [{"targets": [cfg.address("alertmanager")]}]
     config["rule_files"] = [
         str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config.get("rule_files", [])
     ]
@@ -192,6 +252,8 @@ def processes(cfg: StackConfig) -> list[Process]:
     redis_dir.mkdir(parents=True, exist_ok=True)
     nginx_conf = render_nginx(cfg)
     prometheus_conf = render_prometheus(cfg)
+    alertmanager_conf = render_alertmanager(cfg)
+    blackbox_conf = render_blackbox(cfg)
     env = dict(cfg.env)
     port = cfg.ports
     return [
@@ -251,10 +313,47 @@ def processes(cfg: StackConfig) -> list[Process]:
             ready_path="/metrics",
         ),
         Process(
+            name="blackbox-exporter",
+            argv=["prometheus-blackbox-exporter", f"--config.file={blackbox_conf}",
+                  f"--web.listen-address={cfg.address('blackbox_exporter')}"],
+            env=env,
+            port=port["blackbox_exporter"],
+            ready_path="/metrics",
+        ),
+        Process(
+            name="node-exporter",
+            argv=["prometheus-node-exporter", "--no-collector.systemd",
+                  f"--web.listen-address={cfg.address('node_exporter')}"],
+            env=env,
+            port=port["node_exporter"],
+            ready_path="/metrics",
+        ),
+        Process(
+            name="process-exporter",
+            argv=["prometheus-process-exporter",
+                  "-config.path", str(MONITORING / "process-exporter" / "process-exporter.yml"),
+                  "-web.listen-address", cfg.address("process_exporter")],
+            env=env,
+            port=port["process_exporter"],
+            ready_path="/metrics",
+        ),
+        Process(
+            name="alertmanager",
+            argv=["prometheus-alertmanager", f"--config.file={alertmanager_conf}",
+                  f"--storage.path={alertmanager_conf.parent / 'data'}",
+                  f"--web.listen-address={cfg.address('alertmanager')}",
+                  "--cluster.listen-address="],  # a single instance: no gossip port
+            env=env,
+            port=port["alertmanager"],
+            ready_path="/-/ready",
+        ),
+        Process(
             name="prometheus",
             argv=["prometheus", f"--config.file={prometheus_conf}",
                   f"--storage.tsdb.path={prometheus_conf.parent / 'data'}",
-                  "--storage.tsdb.retention.time=15d",
+                  # The longest SLO window is 30 days.
+                  "--storage.tsdb.retention.time=35d",
+                  f"--rules.alert.resend-delay={cfg.alert_resend_delay}",
                   f"--web.listen-address={cfg.address('prometheus')}"],
             env=env,
             port=port["prometheus"],

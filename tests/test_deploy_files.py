@@ -14,12 +14,17 @@ import pytest
 import yaml
 
 from native.stack import (
+    ALERTMANAGER_TEMPLATE,
+    ALERTMANAGER_TEMPLATE_VARS,
+    BLACKBOX_CONFIG,
     NGINX_TEMPLATE,
     NGINX_TEMPLATE_VARS,
     PROMETHEUS_CONFIG,
     PROMETHEUS_JOB_PORTS,
     ROOT,
     StackConfig,
+    render_alertmanager,
+    render_blackbox,
     render_nginx,
     render_prometheus,
 )
@@ -40,7 +45,7 @@ def compose_default(value: str) -> str:
 def test_the_stack_has_the_expected_services():
     assert set(SERVICES) == {
         "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus",
-        "jaeger",
+        "jaeger", "blackbox-exporter", "node-exporter", "cadvisor", "alertmanager",
     }  # fmt: skip
 
 
@@ -102,7 +107,7 @@ def test_images_are_pinned():
     for dockerfile in (DOCKERFILE, MONITORING_DOCKERFILE):
         images += re.findall(r"^FROM (\S+)", dockerfile, re.M)
     for image in images:
-        assert re.search(r":\d+\.\d+", image), f"{image} is not pinned to a version"
+        assert re.search(r":v?\d+\.\d+", image), f"{image} is not pinned to a version"
 
 
 def test_dockerfile_runs_gunicorn_as_a_non_root_user():
@@ -173,3 +178,37 @@ def test_the_app_exports_traces_to_the_trace_backend():
     env = SERVICES["app"]["environment"]
     assert compose_default(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == "http://jaeger:4318"
     assert set(SERVICES["app"]["networks"]) & set(SERVICES["jaeger"]["networks"])
+
+
+def test_alertmanager_gets_every_template_variable():
+    used = set(re.findall(r"\$\{(\w+)\}", ALERTMANAGER_TEMPLATE.read_text()))
+    assert used == set(ALERTMANAGER_TEMPLATE_VARS)
+    assert used <= set(SERVICES["alertmanager"]["environment"])
+    command = SERVICES["alertmanager"]["command"][0]
+    assert all(f"$${{{name}}}" in command for name in used)  # $$: compose's escape for $
+
+
+@pytest.mark.parametrize("where", ["compose defaults", "native", "native with a webhook"])
+def test_alertmanager_config_is_valid(tmp_path, where):
+    env = {"STATE_DIR": str(tmp_path)}
+    if where == "compose defaults":
+        defaults = SERVICES["alertmanager"]["environment"]
+        env.update({name: compose_default(v) for name, v in defaults.items()})
+    if where == "native with a webhook":
+        env["ALERT_WEBHOOK_URL"] = "https://hooks.example.com/x"
+    path = render_alertmanager(StackConfig.from_env(env))
+    check = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    config = yaml.safe_load(path.read_text())
+    expected = "webhook" if where == "native with a webhook" else "local"
+    assert config["route"]["receiver"] == expected
+
+
+@pytest.mark.parametrize("render", ["repo", "native"])
+def test_blackbox_config_is_valid(tmp_path, render):
+    path = BLACKBOX_CONFIG
+    if render == "native":
+        path = render_blackbox(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
+    check = subprocess.run(["prometheus-blackbox-exporter", f"--config.file={path}",
+                            "--config.check"], capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
