@@ -87,10 +87,11 @@ class Stack:
 
 
 CORE = ("redis", "app", "nginx")
+EVERYTHING = None  # every process of make run
 
 
-def make_stack(tmp: Path, parts: tuple[str, ...] = CORE, **env: str) -> Stack:
-    """A stack of the given parts on free ports, state and logs in tmp; env overrides."""
+def make_stack(tmp: Path, parts: tuple[str, ...] | None = CORE, **env: str) -> Stack:
+    """A stack of the given parts (None: all) on free ports, state and logs in tmp."""
     base = {
         **free_ports_env(),
         "STATE_DIR": str(tmp / "state"),
@@ -100,7 +101,9 @@ def make_stack(tmp: Path, parts: tuple[str, ...] = CORE, **env: str) -> Stack:
         "RATE_LIMIT_BURST": "10000",
     }
     cfg = StackConfig.from_env({**os.environ, **base, **env})
-    executors = {p.name: executor(p, tmp) for p in processes(cfg) if p.name in parts}
+    executors = {
+        p.name: executor(p, tmp) for p in processes(cfg) if parts is None or p.name in parts
+    }
     http = requests.Session()
     http.verify = CERT
     # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.

@@ -15,12 +15,11 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from native.stack import PROMETHEUS_JOB_PORTS
-from tests.conftest import Stack
+from tests.conftest import EVERYTHING, Stack
 from tests.metrics_text import series_count, value
 
 pytestmark = pytest.mark.stack
 
-ALL_PARTS = ("redis", "app", "mtail", "nginx", "nginx-exporter", "redis-exporter", "prometheus")
 COUNT = "flask_http_request_duration_seconds_count"
 
 
@@ -33,7 +32,7 @@ def full_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     settings = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1", "SCRAPE_INTERVAL": "1s",
                 "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}  # fmt: skip
-    stack = make_stack(tmp, ALL_PARTS, **settings)
+    stack = make_stack(tmp, EVERYTHING, **settings)
     stack.start()
     yield stack
     stack.stop()

@@ -1,0 +1,144 @@
+"""Alerts end to end on the real native stack, with short intervals: a component is stopped,
+Prometheus fires, the real Alertmanager routes and inhibits, and a webhook receiver run by the
+test gets the notification (and the resolution)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
+
+from tests.conftest import EVERYTHING, Stack, make_stack
+
+pytestmark = pytest.mark.stack
+
+
+class Webhook:
+    """Collects Alertmanager's webhook notifications."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.notifications.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def alerts(self, status: str) -> list[dict]:
+        """Every alert notified with this status ("firing" or "resolved")."""
+        return [a for n in self.notifications for a in n["alerts"] if a["status"] == status]
+
+    def names(self, status: str) -> set[str]:
+        return {a["labels"]["alertname"] for a in self.alerts(status)}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def eventually(check: Callable[[], object], seconds: float = 150) -> object:
+    """check()'s first truthy result, polled every half second; fails after `seconds`."""
+    retrying = Retrying(
+        stop=stop_after_delay(seconds),
+        wait=wait_fixed(0.5),
+        retry=retry_if_result(lambda result: not result)
+        | retry_if_exception_type(requests.RequestException),
+    )
+    return retrying(check)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def alerting_stack(tmp_path, webhook) -> Iterator[Stack]:
+    stack = make_stack(
+        tmp_path, EVERYTHING,
+        SCRAPE_INTERVAL="1s", ALERT_RESEND_DELAY="1s", ALERT_GROUP_WAIT="1s",
+        ALERT_GROUP_INTERVAL="1s", ALERT_WEBHOOK_URL=webhook.url,
+    )  # fmt: skip
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def firing_in_prometheus(stack: Stack) -> set[str]:
+    url = f"http://{stack.cfg.address('prometheus')}/api/v1/alerts"
+    alerts = requests.get(url, timeout=5).json()["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+
+def alertmanager_alerts(stack: Stack) -> dict[str, dict]:
+    url = f"http://{stack.cfg.address('alertmanager')}/api/v2/alerts"
+    return {a["labels"]["alertname"]: a for a in requests.get(url, timeout=5).json()}
+
+
+def test_redis_down_pages_through_alertmanager_and_resolves(alerting_stack, webhook):
+    stack = alerting_stack
+    stack.executors["redis"].stop()
+    eventually(lambda: "RedisDown" in webhook.names("firing"))
+    (alert,) = [a for a in webhook.alerts("firing") if a["labels"]["alertname"] == "RedisDown"]
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#redisdown"
+    assert "redis_up = 0" in alert["annotations"]["description"]
+    assert "AppAllInstancesDown" not in firing_in_prometheus(stack)  # the app itself is up
+
+    stack.executors["redis"].start()
+    eventually(lambda: "RedisDown" in webhook.names("resolved"))
+
+
+def test_app_down_fires_edge_5xx_and_instance_down(alerting_stack, webhook):
+    stack = alerting_stack
+    stack.executors["app"].stop()
+    stop_traffic = threading.Event()
+
+    def traffic() -> None:  # users keep trying: 10 requests a second, all 502 now
+        while not stop_traffic.wait(0.1):
+            stack.request("GET", f"/messages/{'a' * 64}", timeout=5)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        expected = {"EdgeAvailabilityBudgetBurnFast", "AppInstanceDown", "AppAllInstancesDown"}
+        eventually(lambda: expected <= firing_in_prometheus(stack))
+    finally:
+        stop_traffic.set()
+        sender.join()
+
+    # One cause, one page: the symptoms reach Alertmanager but are inhibited by the cause.
+    eventually(lambda: "AppAllInstancesDown" in webhook.names("firing"))
+    in_alertmanager = eventually(
+        lambda: (a := alertmanager_alerts(stack)) and {"EdgeAvailabilityBudgetBurnFast",
+                                                        "AppInstanceDown"} <= a.keys() and a
+    )  # fmt: skip
+    for name in ("EdgeAvailabilityBudgetBurnFast", "AppInstanceDown"):
+        assert in_alertmanager[name]["status"]["inhibitedBy"], name
+        assert name not in webhook.names("firing")
