@@ -23,7 +23,7 @@ NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
     "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
     "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN",
-    "EDGE_METRICS_SYSLOG", "TRACE_CONTEXT_TRUSTED",
+    "EDGE_METRICS_LOG", "TRACE_CONTEXT_TRUSTED",
 )  # fmt: skip
 NO_NETWORK = "0.0.0.0/32"  # TRACE_CONTEXT_TRUSTED's default: trust no one
 MONITORING = ROOT / "monitoring"
@@ -42,7 +42,6 @@ DEFAULT_PORTS = {
     "app_metrics": 9101,  # the gunicorn master's /metrics
     "redis": 6379,
     "mtail": 3903,  # edge metrics
-    "mtail_syslog": 5140,  # UDP, nginx's metrics access log
     "nginx_exporter": 9113,
     "redis_exporter": 9121,
     "prometheus": 9090,
@@ -145,6 +144,11 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def edge_metrics_log(cfg: StackConfig) -> Path:
+    """The compact access log nginx writes and mtail reads."""
+    return cfg.state_dir / "nginx" / "edge-metrics.log"
+
+
 def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
@@ -160,7 +164,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "RATE_LIMIT_RPS": str(cfg.rate_limit_rps),
         "RATE_LIMIT_BURST": str(cfg.rate_limit_burst),
         "EDGE_STATUS_LISTEN": cfg.address("edge_status"),
-        "EDGE_METRICS_SYSLOG": cfg.address("mtail_syslog"),
+        "EDGE_METRICS_LOG": str(edge_metrics_log(cfg)),
         "TRACE_CONTEXT_TRUSTED": cfg.env.get("TRACE_CONTEXT_TRUSTED") or NO_NETWORK,
     }
 
@@ -277,7 +281,7 @@ def processes(cfg: StackConfig) -> list[Process]:
         Process(
             name="mtail",
             argv=["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
-                  "--logs", f"udp://{cfg.address('mtail_syslog')}",
+                  "--logs", str(edge_metrics_log(cfg)),
                   "--address", "127.0.0.1", "--port", str(port["mtail"]),
                   "--emit_prog_label=false", "--logtostderr"],
             env=env,

@@ -73,6 +73,7 @@ def post_many(stack: Stack, messages: list[str]) -> list[int]:
 
 def test_counts_are_exact_across_workers(full_stack):
     before = full_stack.scrape("app_metrics")
+    before_edge = full_stack.scrape("mtail")
     n = 120
     statuses = post_many(full_stack, [f"exact-{i}" for i in range(n)])
     assert statuses == [201] * n
@@ -90,13 +91,29 @@ def test_counts_are_exact_across_workers(full_stack):
     assert value(after, "flask_http_requests_in_flight") == 0
     assert value(after, "messages_build_info") == 1
 
+    # The edge counts every one of them too (nginx flushes its buffered lines within 1 s).
+    edge_before = value(before_edge, "edge_http_requests_total", route="/messages", status="201")
+    full_stack.executors["mtail"].wait_for(
+        lambda: value(full_stack.scrape("mtail"), "edge_http_requests_total",
+                      route="/messages", status="201") - edge_before >= n
+    )  # fmt: skip
+    edge_after = value(full_stack.scrape("mtail"), "edge_http_requests_total",
+                       route="/messages", status="201")  # fmt: skip
+    assert edge_after - edge_before == n
+
 
 def test_series_do_not_grow_with_digests_or_paths(full_stack):
+    def edge_total() -> float:
+        return value(full_stack.scrape("mtail"), "edge_http_requests_total")
+
     def hit_everything(tag: str, n: int) -> None:
+        start = edge_total()
         for i in range(n):
             full_stack.request("GET", f"/messages/{tag}{i:060d}")
             full_stack.request("GET", f"/messages/not-a-digest-{tag}-{i}")
             full_stack.request("GET", f"/unknown/{tag}/{i}")
+        # nginx flushes the edge lines within a second: count only once all have arrived.
+        full_stack.executors["mtail"].wait_for(lambda: edge_total() - start >= 3 * n)
 
     hit_everything("aaaa", 3)  # every kind of label value exists now
     app_before = series_count(full_stack.scrape("app_metrics"))

@@ -1,5 +1,5 @@
 """The edge metrics program (monitoring/mtail/edge.mtail), run by the real mtail over lines
-in the form nginx sends them."""
+in the form nginx writes them."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from native.stack import ROOT
 from tests.metrics_text import value
 
 LINES = [
-    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.003 0.002",
-    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.000 0.000",  # faster than nginx's clock
-    "<190>Nov 28 08:00:00 edge: /messages POST 201 12.500 12.499",  # over the top bucket
-    "<190>Nov 28 08:00:00 edge: /messages POST 201 0.020 0.010, 0.009",  # retried upstream
-    "<190>Nov 28 08:00:00 edge: /messages/<digest> GET 502 0.001 -",  # no upstream answer
-    "<190>Nov 28 08:00:00 edge: other OTHER 405 0.000 -",
+    "/messages POST 201 0.003 0.002",
+    "/messages POST 201 0.000 0.000",  # faster than nginx's clock
+    "/messages POST 201 12.500 12.499",  # over the top bucket
+    "/messages POST 201 0.020 0.010, 0.009",  # retried upstream
+    "/messages/<digest> GET 502 0.001 -",  # no upstream answer
+    "other OTHER 405 0.000 -",
     "something that is not an edge line",
 ]
 
