@@ -6,13 +6,21 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint deps system-packages cert lock clean
+.PHONY: run test lint deps system-packages cert lock clean load
+
+EDGE_PORT      ?= 5000
+LOAD_DURATION  ?= 10m
+LOAD_PAUSE_MS  ?= 100
 
 run: deps ## Run redis, gunicorn and nginx in the foreground; HTTPS on :5000
 	$(PY) -m native.run
 
 test: deps lint ## Lints, then every test (unit and end-to-end on the real native stack)
 	$(PY) -m pytest
+
+load: deps ## Realistic traffic against a running `make run` (reads, writes, 404s, bad requests)
+	wrk --threads 1 --connections 4 --duration $(LOAD_DURATION) --script loadgen/traffic.lua \
+	  https://localhost:$(EDGE_PORT) -- $(LOAD_PAUSE_MS)
 
 lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the compose schema
 	ruff check .

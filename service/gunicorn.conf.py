@@ -5,18 +5,19 @@ import os
 import shutil
 import tempfile
 
-from service.config import ServerSettings
-from service.logs import logging_config
-
-_server = ServerSettings.from_env()
-
-# prometheus_client picks where metric values live when it is first imported, so the
-# multiprocess folder must be in the environment before any worker imports the app.
+# prometheus_client picks where metric values live when it is first imported, in this master
+# process too: the multiprocess folder must be in the environment before anything imports it,
+# so before the service's modules below. (on_starting checks that this held.)
 # On tmpfs when there is one: workers update these files on every request.
 _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _own_metrics_dir:
     _shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="messages-metrics-", dir=_shm)
+
+from service.config import ServerSettings  # noqa: E402
+from service.logs import logging_config  # noqa: E402
+
+_server = ServerSettings.from_env()
 
 bind = _server.bind
 workers = _server.workers
@@ -38,6 +39,10 @@ forwarded_allow_ips = "*"  # only nginx can reach us; it sets X-Forwarded-*
 
 def on_starting(server):
     """Start from empty metric files: values left by an earlier run would be added in."""
+    from prometheus_client import values
+
+    if values.ValueClass.__name__ != "MmapedValue":
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):

@@ -9,6 +9,14 @@ from mirakuru import HTTPExecutor
 
 from native.stack import StackConfig, processes
 from tests.conftest import free_ports_env
+from tests.metrics_text import value
+
+COUNT = "flask_http_request_duration_seconds_count"
+
+
+def env_address(app) -> str:
+    return app.env["METRICS_BIND"]
+
 
 pytestmark = pytest.mark.stack
 
@@ -27,6 +35,11 @@ def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
             # No Redis is running: the app logs a warning, and it must reach stdout.
             r = requests.get(f"http://127.0.0.1:{app.port}/readyz", timeout=10)
             assert r.status_code == 503
+            # As in make run, nothing set PROMETHEUS_MULTIPROC_DIR: the config did, early
+            # enough for the master to sum what the workers counted.
+            assert "PROMETHEUS_MULTIPROC_DIR" not in app.env
+            scrape = requests.get(f"http://{env_address(app)}/metrics", timeout=10).text
+            assert value(scrape, COUNT, path="/readyz", status="503") == 1
         assert gunicorn.process is None  # stopped by SIGTERM, exit code 0
     assert "store unavailable" in out.read_text()
     assert "Shutting down: Master" in out.read_text()
