@@ -45,7 +45,8 @@ def compose_default(value: str) -> str:
 def test_the_stack_has_the_expected_services():
     assert set(SERVICES) == {
         "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus",
-        "jaeger", "blackbox-exporter", "node-exporter", "cadvisor", "alertmanager",
+        "jaeger", "blackbox-exporter", "node-exporter", "cadvisor", "alertmanager", "grafana",
+        "loadgen",
     }  # fmt: skip
 
 
