@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -106,8 +107,13 @@ class StackConfig:
 
     @property
     def app_settings(self) -> Settings:
-        """The app's settings as the app process will read them."""
-        return Settings.from_env(self.app_env)
+        """The app's settings (limits, timeouts) as the caller's environment gives them."""
+        return Settings.from_env(self.env)
+
+    @property
+    def redis_password_file(self) -> Path:
+        """The native stack's Redis password, made once and kept with the data."""
+        return self.state_dir / "redis" / "password"
 
     @property
     def app_env(self) -> dict[str, str]:
@@ -118,6 +124,7 @@ class StackConfig:
             "APP_BIND": self.address("app"),
             "METRICS_BIND": self.address("app_metrics"),
             "REDIS_URL": f"redis://{self.address('redis')}/0",
+            "REDIS_PASSWORD_FILE": str(self.redis_password_file),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -250,10 +257,26 @@ def render_prometheus(cfg: StackConfig) -> Path:
     return path
 
 
+def redis_auth(cfg: StackConfig) -> tuple[Path, str]:
+    """The Redis password (made on first use, readable by this user only) and a config file
+    that sets it, so that it never appears on a command line."""
+    folder = cfg.redis_password_file.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if not cfg.redis_password_file.exists():
+        cfg.redis_password_file.touch(mode=0o600)
+        cfg.redis_password_file.write_text(secrets.token_urlsafe(32) + "\n")
+    password = cfg.redis_password_file.read_text().strip()
+    auth = folder / "auth.conf"
+    auth.touch(mode=0o600)
+    auth.write_text(f"requirepass {password}\n")
+    return auth, password
+
+
 def processes(cfg: StackConfig) -> list[Process]:
     """Prepare the state folder and config files; return the processes to start, in order."""
     redis_dir = cfg.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
+    redis_auth_conf, redis_password = redis_auth(cfg)
     nginx_conf = render_nginx(cfg)
     prometheus_conf = render_prometheus(cfg)
     alertmanager_conf = render_alertmanager(cfg)
@@ -265,7 +288,7 @@ def processes(cfg: StackConfig) -> list[Process]:
             name="redis",
             argv=["redis-server", str(ROOT / "redis" / "redis.conf"),
                   "--bind", "127.0.0.1", "--port", str(port["redis"]),
-                  "--dir", str(redis_dir)],
+                  "--dir", str(redis_dir), "--include", str(redis_auth_conf)],
             env=env,
             port=port["redis"],
         ),
@@ -312,7 +335,7 @@ def processes(cfg: StackConfig) -> list[Process]:
             argv=["prometheus-redis-exporter",
                   "-redis.addr", f"redis://{cfg.address('redis')}",
                   "-web.listen-address", cfg.address("redis_exporter")],
-            env=env,
+            env={**env, "REDIS_PASSWORD": redis_password},  # read from its environment
             port=port["redis_exporter"],
             ready_path="/metrics",
         ),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -23,11 +24,23 @@ def _get(env: Mapping[str, Any], name: str, default: Any, kind: type) -> Any:
     return value
 
 
+def _redis_password(env: Mapping[str, Any]) -> str | None:
+    """REDIS_PASSWORD_FILE (a secret file, preferred) or REDIS_PASSWORD; None: no password."""
+    path = env.get("REDIS_PASSWORD_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ValueError(f"setting REDIS_PASSWORD_FILE: cannot read {path}: {exc}") from exc
+    return env.get("REDIS_PASSWORD") or None
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the app needs to serve requests."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = field(default=None, repr=False)  # never in logs or reprs
     redis_connect_timeout: float = 0.25
     redis_timeout: float = 0.5
     redis_retries: int = 2
@@ -43,6 +56,7 @@ class Settings:
         d = cls()
         settings = cls(
             redis_url=_get(env, "REDIS_URL", d.redis_url, str),
+            redis_password=_redis_password(env),
             redis_connect_timeout=_get(
                 env, "REDIS_CONNECT_TIMEOUT", d.redis_connect_timeout, float
             ),

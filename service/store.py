@@ -35,8 +35,10 @@ def digest_of(data: bytes) -> str:
 def make_client(settings: Settings) -> redis.Redis:
     """A Redis client with its own pool, bounded timeouts and a bounded retry."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), settings.redis_retries)
+    password = {"password": settings.redis_password} if settings.redis_password else {}
     return redis.Redis.from_url(
         settings.redis_url,
+        **password,  # else the URL's own, if it has one
         socket_connect_timeout=settings.redis_connect_timeout,
         socket_timeout=settings.redis_timeout,
         retry=retry,

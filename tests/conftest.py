@@ -64,7 +64,8 @@ class Stack:
     @property
     def redis(self) -> redis.Redis:
         """A client of the stack's own Redis, for checking what was stored."""
-        return redis.Redis(port=self.cfg.ports["redis"])
+        password = self.cfg.redis_password_file.read_text().strip()
+        return redis.Redis(port=self.cfg.ports["redis"], password=password)
 
     def scrape(self, part: str) -> str:
         """The text a part of the stack serves on /metrics (app_metrics, mtail, ...)."""

@@ -42,3 +42,14 @@ def test_server_settings():
                                  "GUNICORN_THREADS": "4"})  # fmt: skip
     assert (s.bind, s.workers, s.threads) == ("127.0.0.1:9", 3, 4)
     assert ServerSettings.from_env({}).workers >= 3
+
+
+def test_redis_password_from_a_secret_file_or_the_environment(tmp_path):
+    secret = tmp_path / "redis_password"
+    secret.write_text("from-file\n")
+    assert Settings.from_env({"REDIS_PASSWORD_FILE": str(secret)}).redis_password == "from-file"
+    assert Settings.from_env({"REDIS_PASSWORD": "from-env"}).redis_password == "from-env"
+    assert Settings.from_env({}).redis_password is None
+    assert "from-env" not in repr(Settings.from_env({"REDIS_PASSWORD": "from-env"}))
+    with pytest.raises(ValueError, match="REDIS_PASSWORD_FILE"):
+        Settings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "missing")})

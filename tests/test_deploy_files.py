@@ -82,7 +82,7 @@ def test_redis_keeps_data_on_a_named_volume_with_the_shared_config():
     redis = SERVICES["redis"]
     assert "redis-data:/data" in redis["volumes"]
     assert "redis-data" in COMPOSE["volumes"]
-    assert "/usr/local/etc/redis/redis.conf" in redis["command"]
+    assert "/usr/local/etc/redis/redis.conf" in " ".join(redis["command"])
 
 
 def test_nginx_gets_every_template_variable():
