@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
+from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -26,6 +28,17 @@ class ApiError(Exception):
 
 def _store() -> MessageStore:
     return current_app.extensions["message_store"]
+
+
+@cache
+def _openapi() -> bytes:
+    return (Path(__file__).parent / "openapi.json").read_bytes()
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The API's OpenAPI 3 document."""
+    return Response(_openapi(), mimetype="application/json")
 
 
 @bp.post("/messages")

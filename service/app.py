@@ -16,6 +16,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the app from settings, a mapping of setting names, or the environment."""
     settings = config if isinstance(config, Settings) else Settings.from_env(config)
     app = Flask(__name__)
+    # "//" in a path is a 404 like any unknown path, not an HTML redirect.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # JSON is UTF-8 by definition; escaping every non-ASCII character only makes it bigger.
     app.json.ensure_ascii = False

@@ -27,6 +27,11 @@ worker_class = "gthread"
 threads = _server.threads
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
+# Above nginx's header limits (nginx.conf.template: large_client_header_buffers), so that
+# nginx, with its JSON errors, is always the one to refuse an oversized request.
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 32768
 keepalive = 75  # longer than nginx's upstream keepalive_timeout, so nginx closes first
 accesslog = None  # nginx writes the access log
 # Every log line, gunicorn's and the app's, as JSON on stdout.
