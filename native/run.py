@@ -16,7 +16,7 @@ def main() -> int:
     cfg = StackConfig.from_env()
     procs = processes(cfg)
     # Give gunicorn its graceful shutdown before honcho falls back to SIGKILL.
-    honcho.KILL_WAIT = ServerSettings.from_env(cfg.app_env).graceful_timeout + 5
+    honcho.KILL_WAIT = ServerSettings.from_env(cfg.app_env()).graceful_timeout + 5
     runner = honcho.Manager()
     for proc in procs:
         runner.add_process(proc.name, "exec " + shlex.join(proc.argv), env=proc.env)

@@ -22,7 +22,7 @@ from service.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
-    "EDGE_LISTEN", "APP_UPSTREAM", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
+    "EDGE_LISTEN", "APP_UPSTREAM_SERVERS", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
     "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN",
     "EDGE_METRICS_LOG", "TRACE_CONTEXT_TRUSTED",
 )  # fmt: skip
@@ -74,6 +74,7 @@ class StackConfig:
     rate_limit_rps: int = 100
     rate_limit_burst: int = 200
     scrape_interval: str | None = None  # None: as in prometheus.yml
+    app_instances: int = 1
     alert_resend_delay: str = "1m"
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class StackConfig:
             rate_limit_rps=int(env.get("RATE_LIMIT_RPS") or d.rate_limit_rps),
             rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or d.rate_limit_burst),
             scrape_interval=env.get("SCRAPE_INTERVAL") or None,
+            app_instances=max(1, int(env.get("APP_INSTANCES") or 1)),
             alert_resend_delay=env.get("ALERT_RESEND_DELAY") or d.alert_resend_delay,
             env=env,
         )
@@ -115,14 +117,22 @@ class StackConfig:
         """The native stack's Redis password, made once and kept with the data."""
         return self.state_dir / "redis" / "password"
 
-    @property
-    def app_env(self) -> dict[str, str]:
-        """The app process's environment: the caller's, pointed at this stack's Redis."""
+    def app_port(self, instance: int, kind: str = "app") -> int:
+        """The port of app instance 1, 2, ... (kind "app" or "app_metrics"): instance 1 uses
+        APP_PORT / APP_METRICS_PORT, instance k APP_<k>_PORT / APP_<k>_METRICS_PORT (by
+        default the next ports up)."""
+        if instance == 1:
+            return self.ports[kind]
+        name = f"APP_{instance}_{'METRICS_' if kind == 'app_metrics' else ''}PORT"
+        return int(self.env.get(name) or self.ports[kind] + instance - 1)
+
+    def app_env(self, instance: int = 1) -> dict[str, str]:
+        """An app instance's environment: the caller's, pointed at this stack's Redis."""
         return {
             "GIT_REVISION": git_revision(),
             **self.env,
-            "APP_BIND": self.address("app"),
-            "METRICS_BIND": self.address("app_metrics"),
+            "APP_BIND": f"127.0.0.1:{self.app_port(instance)}",
+            "METRICS_BIND": f"127.0.0.1:{self.app_port(instance, 'app_metrics')}",
             "REDIS_URL": f"redis://{self.address('redis')}/0",
             "REDIS_PASSWORD_FILE": str(self.redis_password_file),
             "PYTHONUNBUFFERED": "1",
@@ -160,7 +170,9 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
         "EDGE_LISTEN": cfg.address("edge"),
-        "APP_UPSTREAM": cfg.address("app"),
+        "APP_UPSTREAM_SERVERS": upstream_servers(
+            [f"127.0.0.1:{cfg.app_port(i)}" for i in range(1, cfg.app_instances + 1)]
+        ),
         "TLS_CERT": str(ROOT / "localhost.crt"),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),
@@ -174,6 +186,14 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "EDGE_METRICS_LOG": str(edge_metrics_log(cfg)),
         "TRACE_CONTEXT_TRUSTED": cfg.env.get("TRACE_CONTEXT_TRUSTED") or NO_NETWORK,
     }
+
+
+def upstream_servers(addresses: list[str]) -> str:
+    """nginx's server lines for the app: every address, then all again as backups (see the
+    upstream block in nginx.conf.template)."""
+    lines = [f"server {a} max_fails=0;" for a in addresses]
+    lines += [f"server {a} max_fails=0 backup;" for a in addresses]
+    return " ".join(lines)
 
 
 def render_template(template: Path, values: Mapping[str, str], out: Path) -> Path:
@@ -233,7 +253,10 @@ def render_prometheus(cfg: StackConfig) -> Path:
         for sd in ("dns_sd_configs", "static_configs", "file_sd_configs"):
             job.pop(sd, None)
         address = cfg.address(PROMETHEUS_JOB_PORTS[job["job_name"]])
-        if job["job_name"] == "blackbox":
+        if job["job_name"] == "app":
+            metrics = [cfg.app_port(i, "app_metrics") for i in range(1, cfg.app_instances + 1)]
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in metrics]}]
+        elif job["job_name"] == "blackbox":
             # The probed URL is the target; the exporter's address is set by relabelling.
             job["static_configs"] = [{"targets": [f"https://localhost:{cfg.edge_port}/healthz"]}]
             for relabel in job["relabel_configs"]:
@@ -292,15 +315,18 @@ def processes(cfg: StackConfig) -> list[Process]:
             env=env,
             port=port["redis"],
         ),
-        Process(
-            name="app",
-            argv=[sys.executable, "-m", "gunicorn",
-                  "--config", str(ROOT / "service" / "gunicorn.conf.py"),
-                  "--chdir", str(ROOT), "service.wsgi:app"],
-            env=cfg.app_env,
-            port=port["app"],
-            ready_path="/healthz",
-        ),
+        *[
+            Process(
+                name="app" if i == 1 else f"app-{i}",
+                argv=[sys.executable, "-m", "gunicorn",
+                      "--config", str(ROOT / "service" / "gunicorn.conf.py"),
+                      "--chdir", str(ROOT), "service.wsgi:app"],
+                env=cfg.app_env(i),
+                port=cfg.app_port(i),
+                ready_path="/healthz",
+            )
+            for i in range(1, cfg.app_instances + 1)
+        ],
         Process(
             name="mtail",
             argv=["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),

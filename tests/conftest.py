@@ -102,9 +102,11 @@ def make_stack(tmp: Path, parts: tuple[str, ...] | None = CORE, **env: str) -> S
         "RATE_LIMIT_BURST": "10000",
     }
     cfg = StackConfig.from_env({**os.environ, **base, **env})
-    executors = {
-        p.name: executor(p, tmp) for p in processes(cfg) if parts is None or p.name in parts
-    }
+
+    def wanted(name: str) -> bool:  # "app" stands for every app instance (app-2, ...)
+        return parts is None or name in parts or (name.startswith("app-") and "app" in parts)
+
+    executors = {p.name: executor(p, tmp) for p in processes(cfg) if wanted(p.name)}
     http = requests.Session()
     http.verify = CERT
     # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.

@@ -16,7 +16,8 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import CERT, Stack
+from tests.conftest import CERT, Stack, free_port
+from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack
 
@@ -115,3 +116,26 @@ def test_a_killed_worker_costs_clients_nothing(stack_factory):
     assert statuses.get(0, 0) <= 3 * 2  # kills x threads per worker
     assert all("IncompleteRead" in body["error"] for _, s, _, body in load.results if s == 0)
     stack.executors["app"].wait_for(lambda: len(master.children()) == 2)  # replaced
+
+
+def test_two_app_instances_share_the_load_and_one_can_stop(stack_factory):
+    stack = stack_factory(
+        APP_INSTANCES="2", APP_2_PORT=str(free_port()), APP_2_METRICS_PORT=str(free_port()),
+        WEB_CONCURRENCY="1", GUNICORN_THREADS="2",
+    )  # fmt: skip
+    for i in range(40):
+        assert (
+            stack.request("POST", "/messages", json={"message": f"spread {i}"}).status_code == 201
+        )
+    served = [
+        value(requests.get(f"http://127.0.0.1:{stack.cfg.app_port(i, 'app_metrics')}/metrics",
+                           timeout=5).text, "messages_stored_total")
+        for i in (1, 2)
+    ]  # fmt: skip
+    assert sum(served) == 40 and min(served) >= 10, f"nginx spread the load: {served}"
+
+    load = Load(stack)
+    load.run_while(lambda: stack.executors["app-2"].stop(), settle=1.5)
+    statuses = load.statuses()
+    print(f"\none of two instances stopped: {len(load.results)} requests, {statuses}")
+    assert statuses == {201: len(load.results)}

@@ -44,7 +44,7 @@ def workers(stack: Stack) -> list[psutil.Process]:
 
 def per_worker_counts(stack: Stack, path: str, status: str) -> dict[int, float]:
     """Requests each live worker counted, read from its own multiprocess file."""
-    folder = Path(stack.cfg.app_env["PROMETHEUS_MULTIPROC_DIR"])
+    folder = Path(stack.cfg.app_env()["PROMETHEUS_MULTIPROC_DIR"])
     counts = {}
     for proc in workers(stack):
         files = [str(f) for f in folder.glob(f"histogram_{proc.pid}.db")]
