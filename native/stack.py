@@ -297,13 +297,15 @@ def redis_auth(cfg: StackConfig) -> tuple[Path, str]:
 
 def processes(cfg: StackConfig) -> list[Process]:
     """Prepare the state folder and config files; return the processes to start, in order."""
+    return service_processes(cfg) + monitoring_processes(cfg)
+
+
+def service_processes(cfg: StackConfig) -> list[Process]:
+    """Redis, the app instances and nginx: what serves the API."""
     redis_dir = cfg.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
-    redis_auth_conf, redis_password = redis_auth(cfg)
+    redis_auth_conf, _ = redis_auth(cfg)
     nginx_conf = render_nginx(cfg)
-    prometheus_conf = render_prometheus(cfg)
-    alertmanager_conf = render_alertmanager(cfg)
-    blackbox_conf = render_blackbox(cfg)
     env = dict(cfg.env)
     port = cfg.ports
     return [
@@ -328,6 +330,25 @@ def processes(cfg: StackConfig) -> list[Process]:
             for i in range(1, cfg.app_instances + 1)
         ],
         Process(
+            name="nginx",
+            argv=["nginx", "-p", str(nginx_conf.parent), "-c", str(nginx_conf),
+                  "-e", "stderr"],
+            env=env,
+            port=port["edge"],
+        ),
+    ]  # fmt: skip
+
+
+def monitoring_processes(cfg: StackConfig) -> list[Process]:
+    """mtail, the exporters, Alertmanager and Prometheus: what watches the service."""
+    _, redis_password = redis_auth(cfg)
+    prometheus_conf = render_prometheus(cfg)
+    alertmanager_conf = render_alertmanager(cfg)
+    blackbox_conf = render_blackbox(cfg)
+    env = dict(cfg.env)
+    port = cfg.ports
+    return [
+        Process(
             name="mtail",
             argv=["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
                   "--logs", str(edge_metrics_log(cfg)),
@@ -336,13 +357,6 @@ def processes(cfg: StackConfig) -> list[Process]:
             env=env,
             port=port["mtail"],
             ready_path="/metrics",
-        ),
-        Process(
-            name="nginx",
-            argv=["nginx", "-p", str(nginx_conf.parent), "-c", str(nginx_conf),
-                  "-e", "stderr"],
-            env=env,
-            port=port["edge"],
         ),
         Process(
             name="nginx-exporter",
