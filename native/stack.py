@@ -280,6 +280,15 @@ def render_prometheus(cfg: StackConfig) -> Path:
     return path
 
 
+def redis_instance_config(folder: Path, *lines: str) -> Path:
+    """A config file of this Redis instance's own, including the shared redis/redis.conf:
+    Redis rewrites its config file on CONFIG REWRITE (Sentinel does so on failover), and
+    that must never be the repository's file."""
+    conf = folder / "redis-instance.conf"
+    conf.write_text("\n".join([f"include {ROOT / 'redis' / 'redis.conf'}", *lines]) + "\n")
+    return conf
+
+
 def redis_auth(cfg: StackConfig) -> tuple[Path, str]:
     """The Redis password (made on first use, readable by this user only) and a config file
     that sets it, so that it never appears on a command line."""
@@ -311,7 +320,7 @@ def service_processes(cfg: StackConfig) -> list[Process]:
     return [
         Process(
             name="redis",
-            argv=["redis-server", str(ROOT / "redis" / "redis.conf"),
+            argv=["redis-server", str(redis_instance_config(redis_dir)),
                   "--bind", "127.0.0.1", "--port", str(port["redis"]),
                   "--dir", str(redis_dir), "--include", str(redis_auth_conf)],
             env=env,

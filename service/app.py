@@ -23,7 +23,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False
     app.extensions["settings"] = settings
     store_metrics = metrics.init_app(app, settings.revision)
-    app.extensions["message_store"] = MessageStore(make_client(settings), store_metrics)
+    wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+    app.extensions["message_store"] = MessageStore(make_client(settings), store_metrics, wait)
     telemetry.instrument_app(app)  # first: its span must exist when the request id is set
     request_id.init_app(app)
     logs.init_app(app)

@@ -35,12 +35,37 @@ def _redis_password(env: Mapping[str, Any]) -> str | None:
     return env.get("REDIS_PASSWORD") or None
 
 
+def _redis_mode(env: Mapping[str, Any]) -> str:
+    mode = (env.get("REDIS_MODE") or "standalone").strip().lower()
+    if mode not in ("standalone", "sentinel", "cluster"):
+        raise ValueError(f"setting REDIS_MODE={mode!r}: standalone, sentinel or cluster")
+    if mode == "sentinel" and not env.get("REDIS_SENTINELS"):
+        raise ValueError("setting REDIS_MODE=sentinel needs REDIS_SENTINELS (host:port,...)")
+    return mode
+
+
+def _addresses(raw: str) -> tuple[tuple[str, int], ...]:
+    """ "host:port,host:port" as pairs."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"setting REDIS_SENTINELS: {item!r} is not host:port")
+        pairs.append((host, int(port)))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the app needs to serve requests."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: str | None = field(default=None, repr=False)  # never in logs or reprs
+    redis_mode: str = "standalone"  # or "sentinel", "cluster"
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "mymaster"
+    redis_wait_replicas: int = 0  # >0: a 201 only once that many replicas have the write
+    redis_wait_timeout_ms: int = 100
     redis_connect_timeout: float = 0.25
     redis_timeout: float = 0.5
     redis_retries: int = 2
@@ -57,6 +82,11 @@ class Settings:
         settings = cls(
             redis_url=_get(env, "REDIS_URL", d.redis_url, str),
             redis_password=_redis_password(env),
+            redis_mode=_redis_mode(env),
+            redis_sentinels=_addresses(env.get("REDIS_SENTINELS", "")),
+            redis_sentinel_master=_get(env, "REDIS_SENTINEL_MASTER", d.redis_sentinel_master, str),
+            redis_wait_replicas=_get(env, "REDIS_WAIT_REPLICAS", d.redis_wait_replicas, int),
+            redis_wait_timeout_ms=_get(env, "REDIS_WAIT_TIMEOUT_MS", d.redis_wait_timeout_ms, int),
             redis_connect_timeout=_get(
                 env, "REDIS_CONNECT_TIMEOUT", d.redis_connect_timeout, float
             ),

@@ -7,7 +7,9 @@ from time import perf_counter
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from service.config import Settings
 from service.metrics import REDIS_COMMANDS, StoreMetrics
@@ -32,18 +34,32 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_client(settings: Settings) -> redis.Redis:
-    """A Redis client with its own pool, bounded timeouts and a bounded retry."""
+def make_client(settings: Settings) -> redis.Redis | RedisCluster:
+    """A client for Redis standalone, through Sentinel, or a Redis Cluster, with its own
+    connection pool(s), bounded timeouts and a bounded retry."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), settings.redis_retries)
+    timeouts = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_timeout,
+    }
     password = {"password": settings.redis_password} if settings.redis_password else {}
+    if settings.redis_mode == "sentinel":
+        # Sentinel names the current master; on a failover the pool asks again.
+        sentinel = Sentinel(list(settings.redis_sentinels), sentinel_kwargs=dict(timeouts),
+                            **timeouts)  # fmt: skip
+        return sentinel.master_for(settings.redis_sentinel_master, retry=retry,
+                                   max_connections=settings.redis_max_connections,
+                                   **password, **timeouts)  # fmt: skip
+    if settings.redis_mode == "cluster":
+        # Any node's URL will do: the client learns the slots and follows MOVED/ASK.
+        return RedisCluster.from_url(settings.redis_url, retry=retry, **password, **timeouts)
     return redis.Redis.from_url(
         settings.redis_url,
-        **password,  # else the URL's own, if it has one
-        socket_connect_timeout=settings.redis_connect_timeout,
-        socket_timeout=settings.redis_timeout,
         retry=retry,
         max_connections=settings.redis_max_connections,
         health_check_interval=30,
+        **password,  # else the URL's own, if it has one
+        **timeouts,
     )
 
 
@@ -51,8 +67,14 @@ class MessageStore:
     """Stores and finds messages by digest, timing each Redis command; translates Redis
     failures into StoreErrors."""
 
-    def __init__(self, client: redis.Redis, metrics: StoreMetrics) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        metrics: StoreMetrics,
+        wait: tuple[int, int] = (0, 0),
+    ) -> None:
         self._redis = client
+        self._wait_replicas, self._wait_timeout_ms = wait
         self._metrics = metrics
         # Bound once: looking a labelled child up on every request costs time.
         self._stored = {
@@ -67,9 +89,26 @@ class MessageStore:
         digest = digest_of(data)
         # NX: a content-addressed value never changes, so a repeat is a no-op, which also
         # makes a retried POST (by the client, nginx or redis-py) safe.
-        created = bool(self._call("SET", self._redis.set, KEY_PREFIX + digest, data, nx=True))
+        if self._wait_replicas:
+            created = bool(self._call("SET", self._set_replicated, KEY_PREFIX + digest, data))
+        else:
+            created = bool(self._call("SET", self._redis.set, KEY_PREFIX + digest, data, nx=True))
         self._stored[created].inc()
         return digest, created
+
+    def _set_replicated(self, key: str, data: bytes) -> bool | None:
+        # SET and WAIT on one connection: WAIT counts the replicas that have this client's
+        # writes. Too few in time: not acknowledged (503); the client's retry is harmless.
+        target = self._redis
+        if isinstance(target, RedisCluster):  # the key's master node, on one connection
+            target = target.get_node_from_key(key).redis_connection
+        pipe = target.pipeline(transaction=False)
+        pipe.set(key, data, nx=True)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        created, replicas = pipe.execute()
+        if replicas < self._wait_replicas:
+            raise StoreUnavailable(f"written, but {replicas} of {self._wait_replicas} replicas")
+        return created
 
     def get(self, digest: str) -> bytes | None:
         """The message bytes for a lowercase hex digest, or None."""
@@ -95,7 +134,11 @@ class MessageStore:
         except redis.TimeoutError as exc:
             self._error(name, "timeout")
             raise StoreUnavailable(f"TimeoutError: {exc}") from exc
-        except (redis.ConnectionError, redis.ReadOnlyError) as exc:
+        except (redis.ConnectionError, redis.ReadOnlyError, redis.exceptions.ClusterError,
+                redis.exceptions.TryAgainError, redis.exceptions.AskError,
+                redis.exceptions.RedisClusterException) as exc:  # fmt: skip
+            # The cluster ones: a failover under way, a slot moving (MOVED, ASK), no node
+            # reachable for now. All pass; the client may retry.
             self._error(name, "connection")
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except redis.RedisError:

@@ -17,8 +17,22 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
-from native.stack import DEFAULT_PORTS, ROOT, Process, StackConfig, processes
+from native.stack import (
+    DEFAULT_PORTS,
+    ROOT,
+    Process,
+    StackConfig,
+    processes,
+    redis_instance_config,
+)
 from service.app import create_app
 
 CERT = str(ROOT / "localhost.crt")
@@ -28,6 +42,17 @@ START_TIMEOUT = 60
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     return port_for.select_random()
+
+
+def eventually(check: Callable[[], object], seconds: float = 150) -> object:
+    """check()'s first truthy result, polled every 0.1 s; fails after `seconds`."""
+    retrying = Retrying(
+        stop=stop_after_delay(seconds),
+        wait=wait_fixed(0.1),
+        retry=retry_if_result(lambda result: not result)
+        | retry_if_exception_type((requests.RequestException, redis.RedisError)),
+    )
+    return retrying(check)
 
 
 def free_ports_env() -> dict[str, str]:
@@ -141,7 +166,7 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 
 def redis_executor(tmp: Path, port: int, *extra: str) -> TCPExecutor:
     """A redis-server with the repo's redis.conf, its data in tmp."""
-    argv = ["redis-server", str(ROOT / "redis" / "redis.conf"), "--bind", "127.0.0.1",
+    argv = ["redis-server", str(redis_instance_config(tmp)), "--bind", "127.0.0.1",
             "--port", str(port), "--dir", str(tmp), *extra]  # fmt: skip
     log = (tmp / "redis.log").open("ab")
     return TCPExecutor(argv, host="127.0.0.1", port=port, stdout=log, timeout=START_TIMEOUT)

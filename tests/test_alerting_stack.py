@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_delay,
-    wait_fixed,
-)
 
-from tests.conftest import EVERYTHING, Stack, make_stack
+from tests.conftest import EVERYTHING, Stack, eventually, make_stack
 
 pytestmark = pytest.mark.stack
 
@@ -58,17 +51,6 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def eventually(check: Callable[[], object], seconds: float = 150) -> object:
-    """check()'s first truthy result, polled every half second; fails after `seconds`."""
-    retrying = Retrying(
-        stop=stop_after_delay(seconds),
-        wait=wait_fixed(0.5),
-        retry=retry_if_result(lambda result: not result)
-        | retry_if_exception_type(requests.RequestException),
-    )
-    return retrying(check)
 
 
 @pytest.fixture

@@ -1,0 +1,151 @@
+"""The store on a real Redis Cluster of three masters, each with a replica: the API works,
+keys spread over the shards, a killed master fails over, and WAIT works per shard."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from mirakuru import TCPExecutor
+
+from service.app import create_app
+from tests.conftest import eventually, redis_executor
+
+pytestmark = pytest.mark.stack
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20000, 40000)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[list[TCPExecutor]]:
+    nodes = []
+    try:
+        for _ in range(6):
+            port = free_cluster_port()
+            folder = tmp_path / str(port)
+            folder.mkdir()
+            node = redis_executor(folder, port, "--cluster-enabled", "yes",
+                                  "--cluster-config-file", str(folder / "nodes.conf"),
+                                  "--cluster-node-timeout", "1000")  # fmt: skip
+            node.start()
+            nodes.append(node)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        first = redis.Redis(port=nodes[0].port)
+        eventually(lambda: first.cluster("info")["cluster_state"] == "ok", 30)
+
+        def replicas_synced() -> bool:
+            infos = [redis.Redis(port=n.port).info("replication") for n in nodes]
+            replicas = [i for i in infos if i["role"] == "slave"]
+            return len(replicas) == 3 and all(i["master_link_status"] == "up" for i in replicas)
+
+        eventually(replicas_synced, 30)  # else a failover has nothing to promote
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+def env_for(nodes: list[TCPExecutor], **extra: str) -> dict[str, str]:
+    return {"REDIS_MODE": "cluster", "REDIS_URL": f"redis://127.0.0.1:{nodes[0].port}", **extra}
+
+
+def master_ports(port: int) -> set[int]:
+    """The ports of the masters that the node on `port` sees as up."""
+    info = redis.Redis(port=port).cluster("nodes")
+    return {
+        int(address.split("@")[0].rsplit(":", 1)[1])
+        for address, node in info.items()
+        if "master" in node["flags"] and "fail" not in node["flags"]
+    }
+
+
+def test_the_api_works_and_keys_spread_over_the_shards(cluster):
+    client = create_app(env_for(cluster)).test_client()
+    digests = []
+    for i in range(60):
+        r = client.post("/messages", json={"message": f"sharded {i}"})
+        assert r.status_code == 201
+        digests.append(r.get_json()["digest"])
+    for i, digest in enumerate(digests):
+        assert client.get(f"/messages/{digest.upper()}").get_json() == {"message": f"sharded {i}"}
+    assert client.get(f"/messages/{'0' * 64}").status_code == 404
+    assert client.get("/readyz").status_code == 200
+    per_master = [redis.Redis(port=p).dbsize() for p in master_ports(cluster[0].port)]
+    assert len(per_master) == 3 and min(per_master) >= 10, per_master  # uniform digests
+
+
+def test_a_killed_master_fails_over(cluster):
+    app = create_app(env_for(cluster))
+    results: list[tuple[int, dict]] = []
+    stop = threading.Event()
+
+    def writer(n: int) -> None:
+        client = app.test_client()
+        i = 0
+        while not stop.is_set():
+            r = client.post("/messages", json={"message": f"cluster-{n}-{i}"})
+            results.append((r.status_code, r.get_json()))
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    victim_port = min(master_ports(cluster[0].port))
+    victim = next(n for n in cluster if n.port == victim_port)
+    victim.kill(sig=signal.SIGKILL)
+    killed_at = time.monotonic()
+    others = [n for n in cluster if n is not victim]
+    survivor = redis.Redis(port=others[0].port)
+    eventually(lambda: survivor.cluster("info")["cluster_state"] == "ok"
+               and victim_port not in master_ports(others[0].port), 60)  # fmt: skip
+    failover_s = time.monotonic() - killed_at
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join()
+    statuses = {s: sum(1 for x, _ in results if x == s) for s in {x for x, _ in results}}
+    acknowledged = [body["digest"] for s, body in results if s == 201]
+    reader = create_app(env_for(others)).test_client()
+    lost = [d for d in acknowledged if reader.get(f"/messages/{d}").status_code != 200]
+    print(f"\nCluster failover: a master SIGKILLed, cluster ok again after {failover_s:.1f} s; "
+          f"{len(results)} writes {statuses}; acknowledged but lost: {len(lost)}")  # fmt: skip
+    assert set(statuses) <= {201, 503}, statuses
+    assert results[-1][0] == 201  # recovered by itself
+    assert len(lost) <= 4 * 2  # asynchronous replication: only the last moment can be lost
+
+
+def test_wait_per_shard(cluster):
+    client = create_app(env_for(cluster, REDIS_WAIT_REPLICAS="1")).test_client()
+    for i in range(10):
+        assert client.post("/messages", json={"message": f"replicated {i}"}).status_code == 201
+    client2 = create_app(env_for(cluster, REDIS_WAIT_REPLICAS="2",
+                                 REDIS_WAIT_TIMEOUT_MS="50")).test_client()  # fmt: skip
+    r = client2.post("/messages", json={"message": "needs two replicas, has one"})
+    assert r.status_code == 503
