@@ -289,19 +289,21 @@ def redis_instance_config(folder: Path, *lines: str) -> Path:
     return conf
 
 
-def redis_auth(cfg: StackConfig) -> tuple[Path, str]:
-    """The Redis password (made on first use, readable by this user only) and a config file
-    that sets it, so that it never appears on a command line."""
-    folder = cfg.redis_password_file.parent
-    folder.mkdir(parents=True, exist_ok=True)
+def redis_password(cfg: StackConfig) -> str:
+    """The native stack's Redis password, made on first use, readable by this user only."""
+    cfg.redis_password_file.parent.mkdir(parents=True, exist_ok=True)
     if not cfg.redis_password_file.exists():
         cfg.redis_password_file.touch(mode=0o600)
         cfg.redis_password_file.write_text(secrets.token_urlsafe(32) + "\n")
-    password = cfg.redis_password_file.read_text().strip()
-    auth = folder / "auth.conf"
+    return cfg.redis_password_file.read_text().strip()
+
+
+def redis_auth_config(cfg: StackConfig) -> Path:
+    """A config file that sets the password, so that it never appears on a command line."""
+    auth = cfg.redis_password_file.parent / "auth.conf"
     auth.touch(mode=0o600)
-    auth.write_text(f"requirepass {password}\n")
-    return auth, password
+    auth.write_text(f"requirepass {redis_password(cfg)}\n")
+    return auth
 
 
 def processes(cfg: StackConfig) -> list[Process]:
@@ -313,7 +315,7 @@ def service_processes(cfg: StackConfig) -> list[Process]:
     """Redis, the app instances and nginx: what serves the API."""
     redis_dir = cfg.state_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
-    redis_auth_conf, _ = redis_auth(cfg)
+    redis_auth_conf = redis_auth_config(cfg)
     nginx_conf = render_nginx(cfg)
     env = dict(cfg.env)
     port = cfg.ports
@@ -350,7 +352,7 @@ def service_processes(cfg: StackConfig) -> list[Process]:
 
 def monitoring_processes(cfg: StackConfig) -> list[Process]:
     """mtail, the exporters, Alertmanager and Prometheus: what watches the service."""
-    _, redis_password = redis_auth(cfg)
+    password = redis_password(cfg)
     prometheus_conf = render_prometheus(cfg)
     alertmanager_conf = render_alertmanager(cfg)
     blackbox_conf = render_blackbox(cfg)
@@ -384,7 +386,7 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
             argv=["prometheus-redis-exporter",
                   "-redis.addr", f"redis://{cfg.address('redis')}",
                   "-web.listen-address", cfg.address("redis_exporter")],
-            env={**env, "REDIS_PASSWORD": redis_password},  # read from its environment
+            env={**env, "REDIS_PASSWORD": password},  # read from its environment
             port=port["redis_exporter"],
             ready_path="/metrics",
         ),

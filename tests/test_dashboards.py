@@ -105,9 +105,14 @@ def test_dashboard_provider_loads_the_mounted_folder():
 
 def test_datasources_have_the_keys_grafana_reads():
     assert DATASOURCES["apiVersion"] == 1
+    uids = [d["uid"] for d in DATASOURCES["datasources"]]
+    assert len(uids) == len(set(uids))
     for source in DATASOURCES["datasources"]:
         assert {"name", "uid", "type", "access", "url"} <= source.keys()
         assert source["access"] in ("proxy", "direct")
+        host = re.match(r"https?://([^:/]+)", source["url"]).group(1)
+        assert host in COMPOSE, f"{source['name']} points at {host}, not a compose service"
+    assert sum(1 for d in DATASOURCES["datasources"] if d.get("isDefault")) == 1
     assert set(DATASOURCE_UIDS) == {"prometheus", "alertmanager", "jaeger"}
 
 

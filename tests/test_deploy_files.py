@@ -162,19 +162,6 @@ def test_mtail_program_compiles():
     assert check.returncode == 0, check.stderr
 
 
-def test_grafana_datasources_have_the_keys_grafana_reads():
-    path = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
-    config = yaml.safe_load(path.read_text())
-    assert config["apiVersion"] == 1
-    uids = [d["uid"] for d in config["datasources"]]
-    assert len(uids) == len(set(uids))
-    for source in config["datasources"]:
-        assert {"name", "uid", "type", "access", "url"} <= source.keys()
-        host = re.match(r"https?://([^:/]+)", source["url"]).group(1)
-        assert host in SERVICES, f"{source['name']} points at {host}, not a compose service"
-    assert sum(1 for d in config["datasources"] if d.get("isDefault")) == 1
-
-
 def test_the_app_exports_traces_to_the_trace_backend():
     env = SERVICES["app"]["environment"]
     assert compose_default(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == "http://jaeger:4318"
