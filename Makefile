@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint deps system-packages cert lock clean load
+.PHONY: run test lint deps system-packages cert lock clean load bench profile
 
 EDGE_PORT      ?= 5000
 LOAD_DURATION  ?= 10m
@@ -21,6 +21,12 @@ test: deps lint ## Lints, then every test (unit and end-to-end on the real nativ
 load: deps ## Realistic traffic against a running `make run` (reads, writes, 404s, bad requests)
 	wrk --threads 1 --connections 4 --duration $(LOAD_DURATION) --script loadgen/traffic.lua \
 	  https://localhost:$(EDGE_PORT) -- $(LOAD_PAUSE_MS)
+
+bench: deps ## The service against a minimal uninstrumented app, side by side (docs/performance.md)
+	$(PY) -m bench $(BENCH_ARGS)
+
+profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
+	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the compose schema
 	ruff check .

@@ -57,8 +57,8 @@ def get_message(digest: str) -> Response:
     if not _DIGEST.fullmatch(digest):
         raise ApiError(400, "Digest must be 64 hexadecimal characters (SHA-256)")
     data = _store().get(digest.lower())
-    if data is None:
-        raise ApiError(404, "Message not found")
+    if data is None:  # answered here, not raised: a miss is common, not exceptional
+        return _error(404, "Message not found")
     return jsonify(message=data.decode("utf-8"))
 
 

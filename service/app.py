@@ -9,6 +9,7 @@ from flask import Flask
 
 from service import api, health, logs, metrics, request_id, telemetry
 from service.config import Settings
+from service.jsonio import OrjsonProvider
 from service.store import MessageStore, make_client
 
 
@@ -19,8 +20,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     # "//" in a path is a 404 like any unknown path, not an HTML redirect.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # JSON is UTF-8 by definition; escaping every non-ASCII character only makes it bigger.
-    app.json.ensure_ascii = False
+    # UTF-8 as is: JSON is UTF-8 by definition; escaping non-ASCII only makes it bigger.
+    app.json = OrjsonProvider(app)
     app.extensions["settings"] = settings
     store_metrics = metrics.init_app(app, settings.revision)
     wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)

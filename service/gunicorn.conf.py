@@ -15,16 +15,15 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="messages-metrics-", dir=_shm)
 
 from service.config import ServerSettings  # noqa: E402
-from service.logs import logging_config  # noqa: E402
+from service.logs import NoAccessLogger, lighten_records, logging_config  # noqa: E402
 
 _server = ServerSettings.from_env()
 
 bind = _server.bind
 workers = _server.workers
-# gthread keeps nginx's upstream connections alive (sync workers close each one); nginx
-# buffers whole requests, so a thread never waits on a slow client.
-worker_class = "gthread"
-threads = _server.threads
+# nginx buffers whole requests, so a worker never waits on a slow client (either class).
+worker_class = _server.worker_class
+threads = _server.threads if worker_class == "gthread" else 1  # else gunicorn picks gthread
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
 # Above nginx's header limits (nginx.conf.template: large_client_header_buffers), so that
@@ -33,9 +32,11 @@ limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 32768
 keepalive = 75  # longer than nginx's upstream keepalive_timeout, so nginx closes first
-accesslog = None  # nginx writes the access log
+accesslog = None  # nginx and the app write access lines
+logger_class = NoAccessLogger
 # Every log line, gunicorn's and the app's, as JSON on stdout.
 logconfig_dict = logging_config()
+lighten_records()
 # Heartbeat files in memory, off the disk and off overlayfs in containers.
 worker_tmp_dir = "/dev/shm"
 control_socket_disable = True  # no runtime control socket under $HOME

@@ -8,6 +8,7 @@ from time import perf_counter
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
+from gunicorn.glogging import Logger as GunicornLogger
 from opentelemetry import trace
 
 from service.metrics import path as route_of
@@ -37,7 +38,8 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "filters": {"request_context": {"()": RequestContext}},
         "formatters": {
             "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
+                # orjson: the access line is written for every request (docs/performance.md).
+                "()": "pythonjsonlogger.orjson.OrjsonFormatter",
                 "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
                 "timestamp": "time",  # ISO 8601, UTC, microseconds
                 "rename_fields": {
@@ -61,6 +63,24 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         },
         "root": {"level": level, "handlers": ["stdout"]},
     }
+
+
+def lighten_records() -> None:
+    """Skip what every log record would otherwise gather and no line of ours prints: the
+    caller's file and line (a stack walk), thread and multiprocessing names. (The logging
+    HOWTO's "Optimization" section names these switches.)"""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
+class NoAccessLogger(GunicornLogger):
+    """Gunicorn's logger without gunicorn's access log: nginx and the app each write one line
+    per request, and gunicorn builds its own line's fields for every request whenever a
+    logging config is set, even with no access log to write them to."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        """Nothing: see the class."""
 
 
 def _start_timer() -> None:

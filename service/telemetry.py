@@ -5,25 +5,55 @@ no exporter thread or connection is shared between processes; create_app() then 
 the app if a tracer provider was set up. Tracing is off unless an OTLP endpoint is given
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and OTEL_SDK_DISABLED=true
 or OTEL_TRACES_EXPORTER=none turn it off in any case.
+
+The sampling decision comes first: a request that is not sampled never enters the Flask and
+Redis instrumentations, which otherwise do most of their work (attributes, context, a
+non-recording span per Redis call) before the sampler has its say. Benchmarked in
+docs/performance.md.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping
 
-from flask import Flask
-from opentelemetry import trace
+from flask import Flask, request
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.util.http import parse_excluded_urls
 
 SERVICE_NAME = "messages"  # unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say otherwise
 # Health checks are polled constantly and /metrics never reaches the app: not worth a trace.
 EXCLUDED_URLS = "healthz,readyz,metrics"
+# One request in ten starts a trace, unless OTEL_TRACES_SAMPLER(_ARG) say otherwise; a
+# trusted caller's trace context (see nginx.conf.template) decides for its own requests.
+DEFAULT_SAMPLER = "parentbased_traceidratio"
+DEFAULT_SAMPLER_ARG = "0.1"
+SAMPLERS: dict[str, Callable[[float], Sampler]] = {
+    "always_on": lambda _: ALWAYS_ON,
+    "always_off": lambda _: ALWAYS_OFF,
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_always_on": lambda _: ParentBased(ALWAYS_ON),
+    "parentbased_always_off": lambda _: ParentBased(ALWAYS_OFF),
+    "parentbased_traceidratio": lambda ratio: ParentBased(TraceIdRatioBased(ratio)),
+}
+_TRACED = "messages.traced"  # WSGI environ key: this request was sampled
 
 
 def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
@@ -37,6 +67,17 @@ def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
     )
 
 
+def sampler_from_env(env: Mapping[str, str] = os.environ) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name (the SDK's names)."""
+    name = (env.get("OTEL_TRACES_SAMPLER") or DEFAULT_SAMPLER).strip().lower()
+    if name not in SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}")
+    ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG") or DEFAULT_SAMPLER_ARG)
+    if not 0 <= ratio <= 1:
+        raise ValueError("OTEL_TRACES_SAMPLER_ARG must be between 0 and 1")
+    return SAMPLERS[name](ratio)
+
+
 def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
     """Make this process's tracer provider (batching, OTLP/HTTP) and trace Redis calls."""
     if not tracing_enabled(env):
@@ -46,9 +87,10 @@ def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
         attributes["service.name"] = SERVICE_NAME
-    # The sampler (OTEL_TRACES_SAMPLER, _ARG), the exporter's endpoint, headers and timeout,
-    # and the batch processor's sizes and delays are all read from the environment here.
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # The exporter's endpoint, headers and timeout, and the batch processor's sizes and delays
+    # are read from the environment here. The sampler is not the provider's: instrument_app()
+    # samples each request before tracing starts, so every span made is one to keep.
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=ALWAYS_ON)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
@@ -62,6 +104,52 @@ def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
         return
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
+    _sample_first(app, sampler_from_env(env), excluded)
+
+
+def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
+    """Route each request either through the instrumented app or, when the sampler says no,
+    around it, with instrumentation suppressed (no Redis spans either)."""
+    traced_app = app.wsgi_app
+    plain_app = app._original_wsgi_app  # what FlaskInstrumentor wrapped
+    _guard_hook(app.before_request_funcs, "_wrapped_before_request.")
+    _guard_hook(app.teardown_request_funcs, "_wrapped_teardown_request.")
+    not_traced = parse_excluded_urls(excluded)
+    # Trace ids are drawn again by the SDK for the spans: this one only feeds the ratio.
+    # (A downstream service sampling by trace id would see different odds; we call none.)
+    draw = random.Random().getrandbits  # noqa: S311 (a sampling coin, not a secret)
+
+    def sampled(environ: dict) -> bool:
+        if not_traced.url_disabled(environ.get("PATH_INFO", "")):
+            return False
+        # nginx passes traceparent on only from trusted networks (nginx.conf.template).
+        parent = propagate.extract(environ, getter=wsgi_getter) if (
+            "HTTP_TRACEPARENT" in environ) else None  # fmt: skip
+        return sampler.should_sample(parent, draw(128), "request").decision.is_sampled()
+
+    def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if sampled(environ):
+            environ[_TRACED] = True
+            return traced_app(environ, start_response)
+        with suppress_instrumentation():
+            return plain_app(environ, start_response)
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+
+
+def _guard_hook(hooks: dict, qualname_prefix: str) -> None:
+    """Make FlaskInstrumentor's request hook run for sampled requests only."""
+    app_hooks = hooks.get(None, [])
+    found = [i for i, f in enumerate(app_hooks) if f.__qualname__.startswith(qualname_prefix)]
+    if len(found) != 1:  # a new opentelemetry-instrumentation-flask: look again
+        raise RuntimeError(f"expected one {qualname_prefix!r} hook from FlaskInstrumentor")
+    hook = app_hooks[found[0]]
+
+    @functools.wraps(hook)
+    def only_when_traced(*args: object) -> object:
+        return hook(*args) if request.environ.get(_TRACED) else None
+
+    app_hooks[found[0]] = only_when_traced
 
 
 def shutdown() -> None:

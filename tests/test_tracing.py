@@ -31,6 +31,7 @@ def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
     settings = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: export quickly, the tests wait for spans
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every request, unless said otherwise
         "WEB_CONCURRENCY": "2",
         "GUNICORN_THREADS": "1",
         **env,
@@ -101,14 +102,48 @@ def test_a_forged_traceparent_from_the_internet_is_dropped(stack, receiver):
 
 
 def test_trace_context_from_the_trusted_network_is_kept(tmp_path, receiver):
-    stack = traced_stack(tmp_path, receiver, TRACE_CONTEXT_TRUSTED="127.0.0.0/8")
+    # Ratio 0: only the caller's sampled flag can start a trace.
+    stack = traced_stack(tmp_path, receiver, TRACE_CONTEXT_TRUSTED="127.0.0.0/8",
+                         OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                         OTEL_TRACES_SAMPLER_ARG="0")  # fmt: skip
     try:
+        unsampled = FORGED_PARENT[:-2] + "00"
+        skipped = stack.request("GET", f"/messages/{'e' * 64}", headers={"traceparent": unsampled})
         r = stack.request("GET", f"/messages/{'f' * 64}", headers={"traceparent": FORGED_PARENT})
         root, _ = spans_of(stack, receiver, r.headers["X-Request-ID"])
         assert root.trace_id == FORGED_TRACE
         assert root.parent_span_id == "b7ad6b7169203331"
+        skipped_id = skipped.headers["X-Request-ID"]
+        assert not [s for s in receiver.spans if s.attributes.get("request_id") == skipped_id]
+        (line,) = [x for x in app_log(stack) if x.get("request_id") == skipped_id]
+        assert "trace_id" not in line
     finally:
         stack.stop()
+
+
+def test_by_default_one_request_in_ten_is_traced_and_logs_say_which(tmp_path):
+    own = start_receiver()  # this stack's spans only
+    stack = traced_stack(tmp_path, own, OTEL_TRACES_SAMPLER="")  # the service's default
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = set(pool.map(
+                lambda i: stack.request("GET", f"/messages/{i:064x}").headers["X-Request-ID"],
+                range(300),
+            ))  # fmt: skip
+        lines = [x for x in app_log(stack) if x.get("request_id") in ids]
+        assert len(lines) == 300
+        sampled = {x["request_id"]: x["trace_id"] for x in lines if "trace_id" in x}
+        # Binomial(300, 0.1): 30 expected; outside 8..60 is a one-in-a-million event.
+        assert 8 <= len(sampled) <= 60, len(sampled)
+        for request_id, trace_id in sampled.items():
+            root, trace_spans = spans_of(stack, own, request_id)
+            assert root.trace_id == trace_id
+            assert [s.name for s in trace_spans if s.kind == CLIENT] == ["GET"]
+        # Unsampled requests made no span at all: no server span, no Redis span.
+        assert len(own.spans) == 2 * len(sampled)
+    finally:
+        stack.stop()
+        own.close()
 
 
 def test_message_text_never_leaves_in_spans_or_logs(stack, receiver):

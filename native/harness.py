@@ -1,0 +1,124 @@
+"""The native stack's processes started under mirakuru on free ports, each waited for until
+ready and stopped afterwards: what the tests and the benchmark run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import port_for
+import redis
+import requests
+from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
+
+from native.stack import DEFAULT_PORTS, ROOT, Process, StackConfig, processes, redis_instance_config
+
+CERT = str(ROOT / "localhost.crt")
+START_TIMEOUT = 60
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    return port_for.select_random()
+
+
+def free_ports_env() -> dict[str, str]:
+    """<NAME>_PORT for every port of a native stack, each a free one."""
+    return {f"{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS}
+
+
+def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
+    """A mirakuru executor for a stack process, waiting for its port or ready path."""
+    log = (log_dir / f"{proc.name}.log").open("ab")
+    common = {"envvars": proc.env, "stdout": log, "stderr": subprocess.STDOUT,
+              "timeout": START_TIMEOUT,
+              "expected_returncode": proc.stop_exit_code or None}  # fmt: skip
+    if proc.ready_path:
+        url = f"http://127.0.0.1:{proc.port}{proc.ready_path}"
+        return HTTPExecutor(proc.argv, url=url, method="GET", **common)
+    return TCPExecutor(proc.argv, host="127.0.0.1", port=proc.port, **common)
+
+
+@dataclass
+class Stack:
+    """A running native stack: the same processes `make run` starts, on free ports."""
+
+    cfg: StackConfig
+    executors: dict[str, SimpleExecutor]
+    http: requests.Session
+    log_dir: Path  # <process name>.log: each process's stdout and stderr
+
+    @property
+    def url(self) -> str:
+        """The public HTTPS base URL, through nginx."""
+        return f"https://localhost:{self.cfg.edge_port}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        """A client of the stack's own Redis, for checking what was stored."""
+        password = self.cfg.redis_password_file.read_text().strip()
+        return redis.Redis(port=self.cfg.ports["redis"], password=password)
+
+    def scrape(self, part: str) -> str:
+        """The text a part of the stack serves on /metrics (app_metrics, mtail, ...)."""
+        return requests.get(f"http://{self.cfg.address(part)}/metrics", timeout=10).text
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """A request through the TLS edge, verified against localhost.crt."""
+        kwargs.setdefault("timeout", 30)
+        return self.http.request(method, self.url + path, **kwargs)
+
+    def start(self) -> None:
+        """Start every process (redis, app, nginx), each waited for until ready."""
+        for ex in self.executors.values():
+            ex.start()
+
+    def stop(self) -> None:
+        """Stop every process, the edge first."""
+        for ex in reversed(self.executors.values()):
+            ex.stop()
+
+
+CORE = ("redis", "app", "nginx")
+EVERYTHING = None  # every process of make run
+
+
+def make_stack(
+    tmp: Path,
+    parts: tuple[str, ...] | None = CORE,
+    adjust: Callable[[Process], Process] | None = None,
+    **env: str,
+) -> Stack:
+    """A stack of the given parts (None: all) on free ports, state and logs in tmp; adjust()
+    may change a process before it is started (the benchmark swaps in its reference app)."""
+    base = {
+        **free_ports_env(),
+        "STATE_DIR": str(tmp / "state"),
+        "WEB_CONCURRENCY": "2",
+        # The shared suite sends many requests from one address; limits have their own test.
+        "RATE_LIMIT_RPS": "10000",
+        "RATE_LIMIT_BURST": "10000",
+    }
+    cfg = StackConfig.from_env({**os.environ, **base, **env})
+
+    def wanted(name: str) -> bool:  # "app" stands for every app instance (app-2, ...)
+        return parts is None or name in parts or (name.startswith("app-") and "app" in parts)
+
+    procs = [adjust(p) if adjust else p for p in processes(cfg) if wanted(p.name)]
+    executors = {p.name: executor(p, tmp) for p in procs}
+    http = requests.Session()
+    http.verify = CERT
+    # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
+    http.trust_env = False
+    return Stack(cfg=cfg, executors=executors, http=http, log_dir=tmp)
+
+
+def redis_executor(tmp: Path, port: int, *extra: str) -> TCPExecutor:
+    """A redis-server with the repo's redis.conf, its data in tmp."""
+    argv = ["redis-server", str(redis_instance_config(tmp)), "--bind", "127.0.0.1",
+            "--port", str(port), "--dir", str(tmp), *extra]  # fmt: skip
+    log = (tmp / "redis.log").open("ab")
+    return TCPExecutor(argv, host="127.0.0.1", port=port, stdout=log, timeout=START_TIMEOUT)
