@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint deps system-packages cert lock clean load bench profile
+.PHONY: run test lint deps system-packages cert lock clean load bench bench-signals profile
 
 EDGE_PORT      ?= 5000
 LOAD_DURATION  ?= 10m
@@ -25,6 +25,9 @@ load: deps ## Realistic traffic against a running `make run` (reads, writes, 404
 bench: deps ## The service against a minimal uninstrumented app, side by side (docs/performance.md)
 	$(PY) -m bench $(BENCH_ARGS)
 
+bench-signals: deps ## What each observability signal costs per request, in one process
+	$(PY) -m bench.signals
+
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
@@ -32,7 +35,7 @@ lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the com
 	ruff check .
 	ruff format --check .
 	hadolint Dockerfile monitoring/Dockerfile
-	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
 
 deps: system-packages $(VENV)/.installed
 

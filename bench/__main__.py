@@ -35,6 +35,10 @@ REFERENCE_CANDIDATES = [
     *(ServerConfig(w, "sync", 1) for w in (2, 3, 4, 5)),
     *(ServerConfig(w, "gthread", 2) for w in (2, 3, 4)),
 ]
+OURS_CANDIDATES = [
+    *(ServerConfig(w, "gthread", 2) for w in (1, 2, 3, 4)),
+    *(ServerConfig(w, "sync", 1) for w in (1, 2, 3, 4)),
+]
 SEED_MESSAGES = [f"bench seed message {i}" for i in range(500)]
 
 
@@ -145,7 +149,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sweep", action="store_true", help="reference at its default, sync 5")
     p.add_argument("--no-scaling", action="store_true", help="skip throughput by worker count")
     p.add_argument("--soak-minutes", type=float, default=0, help="also a long run for memory")
-    p.add_argument("--ours", help="the service's model, e.g. 'sync 3' or 'gthread 2x2'")
+    p.add_argument(
+        "--ours",
+        help="the service's model, e.g. 'sync 3' or 'gthread 2x2', or "
+        "'best': the best of the scaling sweep (default: as shipped)",
+    )
+    p.add_argument("--reference", help="the reference's model; skips the sweep")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     return p.parse_args(argv)
 
@@ -159,7 +168,7 @@ def server_config(label: str) -> ServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ours = server_config(args.ours) if args.ours else ours_default()
+    ours = server_config(args.ours) if args.ours not in (None, "best") else ours_default()
     sink = SpanSink()
     document: dict = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -169,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         bench = Bench(args, Path(scratch), sink)
         try:
-            if args.no_sweep:
+            if args.reference:
+                reference = server_config(args.reference)
+            elif args.no_sweep:
                 reference = ServerConfig(5, "sync", 1)
             else:
                 print("sweep: the reference app's gunicorn models", flush=True)
@@ -179,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             document["reference_server"] = reference.label
             if not args.no_scaling:
-                print("scaling: the service by worker count", flush=True)
+                print("scaling: the service by worker model and count", flush=True)
                 bench.phase = "scaling"
-                models = [ServerConfig(w, ours.worker_class, ours.threads) for w in range(1, 6)]
-                document["ours_scaling"] = bench.sweep("ours", models)[1]
+                best, document["ours_scaling"] = bench.sweep("ours", OURS_CANDIDATES)
+                if args.ours == "best":
+                    ours = best
+                    document["ours_server"] = ours.label
             print(f"comparison: ours ({ours.label}) and reference ({reference.label})", flush=True)
             bench.phase = "comparison"
             spans_before = sink.spans

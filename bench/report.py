@@ -31,6 +31,8 @@ def medians(results: Iterable[Result]) -> list[dict]:
             "p50_ms": med(r.p50_ms for r in use),
             "p99_ms": med(r.p99_ms for r in use),
             "app_cpu_us": med(r.cpu_us_per_request["app"] for r in use),
+            "nginx_cpu_us": med(r.cpu_us_per_request["nginx"] for r in use),
+            "redis_cpu_us": med(r.cpu_us_per_request["redis"] for r in use),
             "worker_rss_mib": max(r.rss_mib["app_worker_max"] for r in use),
         })  # fmt: skip
     return rows
@@ -93,3 +95,32 @@ def plot(path: Path, comparison: list[dict], title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def markdown(document: dict) -> str:
+    """The tables docs/performance.md shows, from a results file."""
+    out = [f"Run of {document['started']}: ours `{document['ours_server']}`, reference "
+           f"`{document['reference_server']}` (its best in the sweep), "
+           f"{document['settings']['reps']} repetitions of {document['settings']['seconds']} s, "
+           f"wrk with {document['settings']['connections']} connections.", ""]  # fmt: skip
+    out += [table(document["comparison"], list(document["comparison"][0])), ""]
+    ceiling = [r for r in document["medians"] if r["scenario"] == "plain"]
+    if ceiling:
+        out += [f"nginx TLS ceiling (`return 200`): {ceiling[0]['rps']:.0f} req/s, "
+                f"p99 {ceiling[0]['p99_ms']} ms", ""]  # fmt: skip
+    ours = [r for r in document["medians"] if r["target"] == "ours"]
+    out += [table(ours, ["via", "scenario", "rps", "p50_ms", "p99_ms", "app_cpu_us",
+                         "nginx_cpu_us", "redis_cpu_us", "worker_rss_mib"]), ""]  # fmt: skip
+    for key in ("reference_sweep", "ours_scaling"):
+        if key in document:
+            out += [f"{key}:", "", table(document[key], ["server", "score_rps"]), ""]
+    if "soak" in document:
+        samples = document["soak"]["samples"]
+        out += ["soak:", "", table(samples, list(samples[0])), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

@@ -36,6 +36,8 @@ def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
     common = {"envvars": proc.env, "stdout": log, "stderr": subprocess.STDOUT,
               "timeout": START_TIMEOUT,
               "expected_returncode": proc.stop_exit_code or None}  # fmt: skip
+    if proc.port is None:  # a job with nothing to wait for
+        return SimpleExecutor(proc.argv, **common)
     if proc.ready_path:
         url = f"http://127.0.0.1:{proc.port}{proc.ready_path}"
         return HTTPExecutor(proc.argv, url=url, method="GET", **common)

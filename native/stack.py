@@ -75,6 +75,7 @@ class StackConfig:
     rate_limit_burst: int = 200
     scrape_interval: str | None = None  # None: as in prometheus.yml
     app_instances: int = 1
+    redis_topology: str = "single"  # or "cluster": three masters, each with a replica
     alert_resend_delay: str = "1m"
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -94,6 +95,7 @@ class StackConfig:
             rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or d.rate_limit_burst),
             scrape_interval=env.get("SCRAPE_INTERVAL") or None,
             app_instances=max(1, int(env.get("APP_INSTANCES") or 1)),
+            redis_topology=_topology(env.get("REDIS_TOPOLOGY") or d.redis_topology),
             alert_resend_delay=env.get("ALERT_RESEND_DELAY") or d.alert_resend_delay,
             env=env,
         )
@@ -126,17 +128,37 @@ class StackConfig:
         name = f"APP_{instance}_{'METRICS_' if kind == 'app_metrics' else ''}PORT"
         return int(self.env.get(name) or self.ports[kind] + instance - 1)
 
+    def redis_node_port(self, node: int) -> int:
+        """The port of cluster node 1..6: node 1 uses REDIS_PORT, node k REDIS_<k>_PORT (by
+        default the next ports up). Each node's cluster bus is its port + 10000."""
+        if node == 1:
+            return self.ports["redis"]
+        return int(self.env.get(f"REDIS_{node}_PORT") or self.ports["redis"] + node - 1)
+
     def app_env(self, instance: int = 1) -> dict[str, str]:
         """An app instance's environment: the caller's, pointed at this stack's Redis."""
+        cluster = self.redis_topology == "cluster"
         return {
             "GIT_REVISION": git_revision(),
             **self.env,
             "APP_BIND": f"127.0.0.1:{self.app_port(instance)}",
             "METRICS_BIND": f"127.0.0.1:{self.app_port(instance, 'app_metrics')}",
+            # A cluster client learns every node from the first.
             "REDIS_URL": f"redis://{self.address('redis')}/0",
+            **({"REDIS_MODE": "cluster"} if cluster else {}),  # else the caller's, if any
             "REDIS_PASSWORD_FILE": str(self.redis_password_file),
             "PYTHONUNBUFFERED": "1",
         }
+
+
+REDIS_TOPOLOGIES = ("single", "cluster")
+CLUSTER_NODES = 6  # three masters, each with a replica
+
+
+def _topology(name: str) -> str:
+    if name not in REDIS_TOPOLOGIES:
+        raise ValueError(f"REDIS_TOPOLOGY must be one of {', '.join(REDIS_TOPOLOGIES)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -146,7 +168,7 @@ class Process:
     name: str
     argv: list[str]
     env: dict[str, str]
-    port: int
+    port: int | None  # None: nothing to wait for (a process that only does a job)
     ready_path: str | None = None  # HTTP path answering 200 when ready; None: port open
     stop_exit_code: int = 0  # what it exits with after SIGTERM
 
@@ -300,9 +322,11 @@ def redis_password(cfg: StackConfig) -> str:
 
 def redis_auth_config(cfg: StackConfig) -> Path:
     """A config file that sets the password, so that it never appears on a command line."""
+    password = redis_password(cfg)  # made first, with its folder
     auth = cfg.redis_password_file.parent / "auth.conf"
     auth.touch(mode=0o600)
-    auth.write_text(f"requirepass {redis_password(cfg)}\n")
+    # masterauth: a replica (cluster topology) logs in to its master with the same password.
+    auth.write_text(f"requirepass {password}\nmasterauth {password}\n")
     return auth
 
 
@@ -313,21 +337,12 @@ def processes(cfg: StackConfig) -> list[Process]:
 
 def service_processes(cfg: StackConfig) -> list[Process]:
     """Redis, the app instances and nginx: what serves the API."""
-    redis_dir = cfg.state_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
     redis_auth_conf = redis_auth_config(cfg)
     nginx_conf = render_nginx(cfg)
     env = dict(cfg.env)
     port = cfg.ports
     return [
-        Process(
-            name="redis",
-            argv=["redis-server", str(redis_instance_config(redis_dir)),
-                  "--bind", "127.0.0.1", "--port", str(port["redis"]),
-                  "--dir", str(redis_dir), "--include", str(redis_auth_conf)],
-            env=env,
-            port=port["redis"],
-        ),
+        *redis_processes(cfg, redis_auth_conf),
         *[
             Process(
                 name="app" if i == 1 else f"app-{i}",
@@ -348,6 +363,41 @@ def service_processes(cfg: StackConfig) -> list[Process]:
             port=port["edge"],
         ),
     ]  # fmt: skip
+
+
+def redis_processes(cfg: StackConfig, auth_conf: Path) -> list[Process]:
+    """One Redis, or the six nodes of a cluster and the job that joins them."""
+    if cfg.redis_topology == "single":
+        return [redis_process(cfg, "redis", cfg.ports["redis"], auth_conf)]
+    nodes = [
+        redis_process(cfg, "redis" if n == 1 else f"redis-{n}", cfg.redis_node_port(n),
+                      auth_conf, "--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+        for n in range(1, CLUSTER_NODES + 1)
+    ]  # fmt: skip
+    join = Process(
+        name="redis-cluster",
+        argv=[sys.executable, "-m", "native.redis_cluster",
+              "--password-file", str(cfg.redis_password_file),
+              *[f"127.0.0.1:{p.port}" for p in nodes]],
+        env=dict(cfg.env),
+        port=None,
+    )  # fmt: skip
+    return [*nodes, join]
+
+
+def redis_process(cfg: StackConfig, name: str, port: int, auth_conf: Path,
+                  *extra: str) -> Process:  # fmt: skip
+    """A redis-server on the shared redis.conf, its data in a folder of its own."""
+    folder = cfg.state_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return Process(
+        name=name,
+        argv=["redis-server", str(redis_instance_config(folder)),
+              "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+              "--include", str(auth_conf), *extra],
+        env=dict(cfg.env),
+        port=port,
+    )  # fmt: skip
 
 
 def monitoring_processes(cfg: StackConfig) -> list[Process]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["settings"] = settings
     store_metrics = metrics.init_app(app, settings.revision)
     wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
-    app.extensions["message_store"] = MessageStore(make_client(settings), store_metrics, wait)
+    store = MessageStore(functools.partial(make_client, settings), store_metrics, wait)
+    app.extensions["message_store"] = store
     telemetry.instrument_app(app)  # first: its span must exist when the request id is set
     request_id.init_app(app)
     logs.init_app(app)

@@ -31,7 +31,7 @@ graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight request
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 32768
-keepalive = 75  # longer than nginx's upstream keepalive_timeout, so nginx closes first
+keepalive = 75  # gthread: longer than nginx's upstream keepalive_timeout, so nginx closes first
 accesslog = None  # nginx and the app write access lines
 logger_class = NoAccessLogger
 # Every log line, gunicorn's and the app's, as JSON on stdout.

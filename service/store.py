@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
 from time import perf_counter
 
 import redis
@@ -69,11 +71,13 @@ class MessageStore:
 
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        connect: Callable[[], redis.Redis | RedisCluster],
         metrics: StoreMetrics,
         wait: tuple[int, int] = (0, 0),
     ) -> None:
-        self._redis = client
+        self._connect = connect
+        self._client: redis.Redis | RedisCluster | None = None
+        self._connect_lock = threading.Lock()
         self._wait_replicas, self._wait_timeout_ms = wait
         self._metrics = metrics
         # Bound once: looking a labelled child up on every request costs time.
@@ -89,17 +93,17 @@ class MessageStore:
         digest = digest_of(data)
         # NX: a content-addressed value never changes, so a repeat is a no-op, which also
         # makes a retried POST (by the client, nginx or redis-py) safe.
+        key = KEY_PREFIX + digest
         if self._wait_replicas:
-            created = bool(self._call("SET", self._set_replicated, KEY_PREFIX + digest, data))
+            created = bool(self._call("SET", lambda r: self._set_replicated(r, key, data)))
         else:
-            created = bool(self._call("SET", self._redis.set, KEY_PREFIX + digest, data, nx=True))
+            created = bool(self._call("SET", lambda r: r.set(key, data, nx=True)))
         self._stored[created].inc()
         return digest, created
 
-    def _set_replicated(self, key: str, data: bytes) -> bool | None:
+    def _set_replicated(self, target: redis.Redis | RedisCluster, key: str, data: bytes) -> bool:
         # SET and WAIT on one connection: WAIT counts the replicas that have this client's
         # writes. Too few in time: not acknowledged (503); the client's retry is harmless.
-        target = self._redis
         if isinstance(target, RedisCluster):  # the key's master node, on one connection
             target = target.get_node_from_key(key).redis_connection
         pipe = target.pipeline(transaction=False)
@@ -112,22 +116,34 @@ class MessageStore:
 
     def get(self, digest: str) -> bytes | None:
         """The message bytes for a lowercase hex digest, or None."""
-        data = self._call("GET", self._redis.get, KEY_PREFIX + digest)
+        key = KEY_PREFIX + digest
+        data = self._call("GET", lambda r: r.get(key))
         self._found[data is not None].inc()
         return data
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        self._call("PING", self._redis.ping)
+        self._call("PING", lambda r: r.ping())
 
     def close(self) -> None:
         """Release the pool's connections."""
-        self._redis.close()
+        if self._client is not None:
+            self._client.close()
 
-    def _call(self, name: str, command, *args, **kwargs):
+    def _redis(self) -> redis.Redis | RedisCluster:
+        """The client, made on first use, under the timings and error mapping of _call: a
+        cluster client reads the slot map when it is made, and the app must start, and answer
+        503, while Redis is unreachable or a cluster is still forming."""
+        if self._client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
+
+    def _call(self, name: str, command: Callable[[redis.Redis | RedisCluster], object]) -> object:
         started = perf_counter()
         try:
-            return command(*args, **kwargs)
+            return command(self._redis())
         except redis.OutOfMemoryError as exc:
             self._error(name, "other")
             raise StoreFull(str(exc)) from exc

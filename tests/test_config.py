@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from native.stack import StackConfig, redis_processes
 from service.config import ServerSettings, Settings
 
 
@@ -53,3 +54,26 @@ def test_redis_password_from_a_secret_file_or_the_environment(tmp_path):
     assert "from-env" not in repr(Settings.from_env({"REDIS_PASSWORD": "from-env"}))
     with pytest.raises(ValueError, match="REDIS_PASSWORD_FILE"):
         Settings.from_env({"REDIS_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def test_the_worker_class_is_gthread_or_sync():
+    assert ServerSettings.from_env({}).worker_class == "sync"
+    assert ServerSettings.from_env({"GUNICORN_WORKER_CLASS": " GThread "}).worker_class == "gthread"
+    with pytest.raises(ValueError, match="GUNICORN_WORKER_CLASS"):
+        ServerSettings.from_env({"GUNICORN_WORKER_CLASS": "gevent"})
+
+
+def test_the_native_redis_topology_is_single_or_cluster(tmp_path):
+    single = StackConfig.from_env({"REDIS_MODE": "sentinel"})
+    assert single.redis_topology == "single"
+    assert single.app_env()["REDIS_MODE"] == "sentinel"  # the caller's choice stands
+    env = {"REDIS_TOPOLOGY": "cluster", "REDIS_PORT": "7000", "REDIS_4_PORT": "7100"}
+    cluster = StackConfig.from_env({**env, "STATE_DIR": str(tmp_path)})
+    assert [cluster.redis_node_port(n) for n in range(1, 7)] == [7000, 7001, 7002, 7100, 7004,
+                                                                  7005]  # fmt: skip
+    assert cluster.app_env()["REDIS_MODE"] == "cluster"
+    assert [p.name for p in redis_processes(cluster, tmp_path / "auth.conf")] == [
+        "redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6", "redis-cluster"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="REDIS_TOPOLOGY"):
+        StackConfig.from_env({"REDIS_TOPOLOGY": "ring"})

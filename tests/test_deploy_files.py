@@ -200,3 +200,34 @@ def test_blackbox_config_is_valid(tmp_path, render):
     check = subprocess.run(["prometheus-blackbox-exporter", f"--config.file={path}",
                             "--config.check"], capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+CLUSTER = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+
+
+def test_the_cluster_override_runs_six_nodes_of_the_same_redis_and_config():
+    nodes = {n: s for n, s in CLUSTER["services"].items() if n == "redis" or
+             re.fullmatch(r"redis-\d", n)}  # fmt: skip
+    assert len(nodes) == 6
+    base = SERVICES["redis"]
+    for name, node in nodes.items():
+        merged = {**base, **node} if name == "redis" else node
+        assert merged["image"] == base["image"]
+        assert "./redis/redis.conf:/usr/local/etc/redis/redis.conf:ro" in merged["volumes"]
+        assert f"{name}-data:/data" in merged["volumes"]
+        command = merged["command"][-1]
+        assert "--cluster-enabled yes" in command and "--masterauth" in command
+        assert merged.get("ports") is None  # never published, as the single Redis
+    join = CLUSTER["services"]["redis-cluster"]["command"][-1]
+    assert f"for n in {' '.join(nodes)};" in join  # every node joins
+    assert "--cluster-replicas 1" in join
+    assert set(CLUSTER["volumes"]) == {f"{n}-data" for n in nodes if n != "redis"}
+
+
+def test_the_cluster_override_points_the_app_at_the_cluster():
+    app = CLUSTER["services"]["app"]
+    assert app["environment"]["REDIS_MODE"] == "cluster"
+    assert Settings.from_env(app["environment"]).redis_mode == "cluster"
+    merged_services = set(SERVICES) | set(CLUSTER["services"])
+    for service in CLUSTER["services"].values():
+        assert set(service.get("depends_on", {})) <= merged_services

@@ -16,7 +16,7 @@ import redis
 from mirakuru import TCPExecutor
 
 from service.app import create_app
-from tests.conftest import eventually, redis_executor
+from tests.conftest import eventually, make_stack, redis_executor
 
 pytestmark = pytest.mark.stack
 
@@ -149,3 +149,44 @@ def test_wait_per_shard(cluster):
                                  REDIS_WAIT_TIMEOUT_MS="50")).test_client()  # fmt: skip
     r = client2.post("/messages", json={"message": "needs two replicas, has one"})
     assert r.status_code == 503
+
+
+def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
+    """REDIS_TOPOLOGY=cluster: the native stack runs six nodes on the shared redis.conf,
+    joins them, and the service stores through the TLS edge across the three masters."""
+    ports = {f"REDIS_{n}_PORT": str(free_cluster_port()) for n in range(2, 7)}
+    nodes = ("redis", *[f"redis-{n}" for n in range(2, 7)], "redis-cluster")
+    stack = make_stack(tmp_path, (*nodes, "app", "nginx"), REDIS_TOPOLOGY="cluster",
+                       REDIS_PORT=str(free_cluster_port()), **ports)  # fmt: skip
+    stack.start()
+    try:
+        first = stack.redis
+        eventually(lambda: first.cluster("info")["cluster_state"] == "ok", 60)
+        digests = {}
+        for i in range(60):
+            r = eventually(lambda i=i: stack.request("POST", "/messages",
+                                                     json={"message": f"sharded {i}"}))  # fmt: skip
+            assert r.status_code == 201
+            digests[r.json()["digest"]] = f"sharded {i}"
+        for digest, message in digests.items():
+            assert stack.request("GET", f"/messages/{digest}").json() == {"message": message}
+        # The masters that serve slots (a replica still joining may show as a bare master).
+        masters = [n for n in first.cluster("nodes").items() if n[1]["slots"]]
+        assert len(masters) == 3
+        password = stack.cfg.redis_password_file.read_text().strip()
+        sizes = [redis.Redis(host=a.split(":")[0], port=int(a.split(":")[1].split("@")[0]),
+                             password=password).dbsize() for a, _ in masters]  # fmt: skip
+        assert sum(sizes) == 60 and min(sizes) >= 5, sizes
+    finally:
+        stack.stop()
+
+
+def test_the_app_starts_and_answers_503_while_the_cluster_is_unreachable():
+    """A cluster client reads the slot map when it is made: the store makes it on first use,
+    so a worker boots (and says 503) while the cluster is down or still forming."""
+    app = create_app(
+        {"REDIS_MODE": "cluster", "REDIS_URL": f"redis://127.0.0.1:{free_cluster_port()}/0"}
+    )
+    r = app.test_client().post("/messages", json={"message": "too early"})
+    assert r.status_code == 503
+    assert r.get_json() == {"err_msg": "Store unavailable, try again later"}

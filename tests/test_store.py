@@ -17,7 +17,7 @@ from tests.conftest import free_port, redis_executor
 
 def store_for(url: str, **settings) -> MessageStore:
     metrics = StoreMetrics.create(CollectorRegistry())
-    return MessageStore(make_client(Settings(redis_url=url, **settings)), metrics)
+    return MessageStore(lambda: make_client(Settings(redis_url=url, **settings)), metrics)
 
 
 def test_put_then_get(redis_url):

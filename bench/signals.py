@@ -1,0 +1,165 @@
+"""`make bench-signals` (python -m bench.signals): what each observability signal costs.
+
+The app's own request path only (no gunicorn, no nginx), measured in one process as CPU
+time per request against a real redis-server: the reference app, the service with every
+signal on, and the service built without one signal after another. Variants take turns,
+in rounds; the medians are printed with their ratio to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import logging.config
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+# Metric values live in files in multiprocess mode, as under gunicorn; set before importing.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-signals-"))
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from werkzeug.test import EnvironBuilder
+
+from bench.otlp_sink import SpanSink
+from native.harness import free_port, redis_executor
+from service import logs, telemetry
+
+# name: (what is left out, sampler)
+VARIANTS = {
+    "all signals, 10% traced (default)": ((), ""),
+    "all signals, 100% traced": ((), "always_on"),
+    "all signals, none traced (the sampling decision only)": ((), "always_off"),
+    "no tracing": (("tracing",), ""),
+    "no tracing, no access log": (("tracing", "access log"), ""),
+    "no tracing, no access log, no request metrics": (("tracing", "access log", "metrics"), ""),
+    "nothing (no request id either)": (("tracing", "access log", "metrics", "request id"), ""),
+}
+
+
+@contextlib.contextmanager
+def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
+    """create_app() without the named parts (for measuring them, never for running)."""
+    with contextlib.ExitStack() as stack:
+        if "tracing" in parts:
+            stack.enter_context(mock.patch("service.telemetry.instrument_app", mock.Mock()))
+        if "access log" in parts:
+            stack.enter_context(mock.patch("service.logs.init_app", lambda app: None))
+        if "request id" in parts:
+            stack.enter_context(mock.patch("service.request_id.init_app", lambda app: None))
+        if "metrics" in parts:
+            stack.enter_context(mock.patch("service.metrics.PrometheusMetrics", mock.Mock()))
+            stack.enter_context(mock.patch("service.metrics._count_in_flight", mock.Mock()))
+        yield
+
+
+def build_apps(redis_url: str) -> dict[str, tuple[Callable, bool]]:
+    """Each variant's WSGI app, and whether its Redis calls may be traced."""
+    from service.app import create_app
+
+    os.environ["REFERENCE_REDIS_URL"] = redis_url
+    from bench.reference_app import app as reference
+
+    apps: dict[str, tuple[Callable, bool]] = {"reference": (reference.wsgi_app, False)}
+    for name, (parts, sampler) in VARIANTS.items():
+        with leaving_out(parts), mock.patch.dict(os.environ, {"OTEL_TRACES_SAMPLER": sampler}):
+            app = create_app({"REDIS_URL": redis_url})
+        apps[name] = (app.wsgi_app, "tracing" not in parts)
+    return apps
+
+
+def environs(scenario: str, n: int, digest: str) -> list[dict]:
+    """n WSGI requests of a scenario, as nginx would pass them on."""
+    headers = {"X-Request-ID": "bench-signals"}
+    if scenario == "post":
+        return [EnvironBuilder(path="/messages", method="POST", headers=headers,
+                               data=json.dumps({"message": f"signals {time.time_ns()} {i}"}),
+                               content_type="application/json").get_environ()
+                for i in range(n)]  # fmt: skip
+    path = "/messages/" + (digest if scenario == "hit" else "0" * 64)
+    return [EnvironBuilder(path=path, headers=headers).get_environ() for _ in range(n)]
+
+
+def cpu_per_request(app: Callable, traced: bool, requests: list[dict]) -> float:
+    """CPU microseconds per request for serving the given requests."""
+
+    def start_response(status, headers, exc_info=None):
+        return None
+
+    with contextlib.nullcontext() if traced else suppress_instrumentation():
+        started = time.process_time()
+        for environ in requests:
+            b"".join(app(environ, start_response))
+        return (time.process_time() - started) / len(requests) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.signals", description=__doc__)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--requests", type=int, default=300, help="per variant and round")
+    args = p.parse_args(argv)
+    logging.config.dictConfig(logs.logging_config())  # as gunicorn.conf.py does
+    logs.lighten_records()
+    sink = SpanSink()
+    with tempfile.TemporaryDirectory() as scratch:
+        redis = redis_executor(Path(scratch), free_port())
+        redis.start()
+        try:
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+            telemetry.setup_tracing()
+            apps = build_apps(redis_url)
+            # Access lines go where gunicorn's stdout would: not this terminal.
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                for handler in logging.getLogger().handlers:
+                    handler.setStream(devnull)
+                digest = _stored_digest(apps["reference"][0])
+                results = _measure(apps, args, digest)
+                telemetry.shutdown()  # the last spans, while the sink listens
+        finally:
+            redis.stop()
+            sink.close()
+    _print(results)
+    return 0
+
+
+def _stored_digest(reference: Callable) -> str:
+    body: list[bytes] = []
+    environ = environs("post", 1, "")[0]
+    body.extend(reference(environ, lambda *a: None))
+    return json.loads(b"".join(body))["digest"]
+
+
+def _measure(apps: dict, args: argparse.Namespace, digest: str) -> dict:
+    results: dict[str, dict[str, list[float]]] = {}
+    for scenario in ("post", "hit", "miss"):
+        samples: dict[str, list[float]] = {name: [] for name in apps}
+        for round_ in range(args.rounds + 1):  # round 0 warms up
+            names = list(apps) if round_ % 2 else list(apps)[::-1]
+            for name in names:
+                app, traced = apps[name]
+                cost = cpu_per_request(app, traced, environs(scenario, args.requests, digest))
+                if round_:
+                    samples[name].append(cost)
+        results[scenario] = samples
+    return results
+
+
+def _print(results: dict) -> None:
+    for scenario, samples in results.items():
+        reference = statistics.median(samples["reference"])
+        print(f"\n{scenario}: CPU per request, median of {len(samples['reference'])} rounds")
+        print("| variant | µs | ratio to reference |\n|---|---|---|")
+        for name, values in samples.items():
+            cost = statistics.median(values)
+            print(f"| {name} | {cost:.0f} | {cost / reference:.2f} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
