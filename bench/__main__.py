@@ -24,8 +24,8 @@ from pathlib import Path
 
 from bench import report
 from bench.measure import WRK_SCRIPT, Load, Result, measure, rss_mib
-from bench.otlp_sink import SpanSink
 from bench.targets import DIRECT, EDGE, ServerConfig, Target, seed, start
+from native.otlp_receiver import Receiver, start_receiver
 from native.stack import ROOT
 from service.config import ServerSettings, default_workers
 
@@ -51,7 +51,7 @@ def ours_default() -> ServerConfig:
 class Bench:
     """Starts targets in a scratch folder, seeds them and keeps every result."""
 
-    def __init__(self, args: argparse.Namespace, folder: Path, sink: SpanSink) -> None:
+    def __init__(self, args: argparse.Namespace, folder: Path, sink: Receiver) -> None:
         self.args = args
         self.folder = folder
         self.sink = sink
@@ -159,17 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def server_config(label: str) -> ServerConfig:
-    """'sync 3' or 'gthread 2x2' back into a ServerConfig."""
-    kind, _, size = label.partition(" ")
-    workers, _, threads = size.partition("x")
-    return ServerConfig(int(workers), kind, int(threads or 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ours = server_config(args.ours) if args.ours not in (None, "best") else ours_default()
-    sink = SpanSink()
+    ours = ServerConfig.parse(args.ours) if args.ours not in (None, "best") else ours_default()
+    sink = start_receiver(keep=False)  # a collector elsewhere: count only
     document: dict = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {k: str(v) for k, v in vars(args).items()},
@@ -179,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, Path(scratch), sink)
         try:
             if args.reference:
-                reference = server_config(args.reference)
+                reference = ServerConfig.parse(args.reference)
             elif args.no_sweep:
                 reference = ServerConfig(5, "sync", 1)
             else:
@@ -198,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                     document["ours_server"] = ours.label
             print(f"comparison: ours ({ours.label}) and reference ({reference.label})", flush=True)
             bench.phase = "comparison"
-            spans_before = sink.spans
+            spans_before = sink.count
             bench.compare(ours, reference)
-            document["spans_exported_in_comparison"] = sink.spans - spans_before
+            document["spans_exported_in_comparison"] = sink.count - spans_before
             if args.soak_minutes:
                 print(f"soak: {args.soak_minutes} minutes of mixed load", flush=True)
                 document["soak"] = bench.soak(ours, args.soak_minutes)

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench.measure import Load, run_wrk
-from bench.otlp_sink import SpanSink
 from bench.targets import EDGE, ServerConfig, seed, start
+from native.otlp_receiver import start_receiver
 from native.stack import ROOT
 
 # In the venv beside this Python, whether or not the venv is on PATH.
@@ -86,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    kind, _, size = args.ours.partition(" ")
-    workers, _, threads = size.partition("x")
-    server = ServerConfig(int(workers), kind, int(threads or 1))
-    sink = SpanSink()
+    server = ServerConfig.parse(args.ours)
+    sink = start_receiver(keep=False)  # a collector elsewhere: count only
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
         target = start("ours", server, Path(scratch) / "ours",

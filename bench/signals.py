@@ -27,8 +27,8 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from werkzeug.test import EnvironBuilder
 
-from bench.otlp_sink import SpanSink
 from native.harness import free_port, redis_executor
+from native.otlp_receiver import start_receiver
 from service import logs, telemetry
 
 # name: (what is left out, sampler)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.config.dictConfig(logs.logging_config())  # as gunicorn.conf.py does
     logs.lighten_records()
-    sink = SpanSink()
+    sink = start_receiver(keep=False)  # a collector elsewhere: count only
     with tempfile.TemporaryDirectory() as scratch:
         redis = redis_executor(Path(scratch), free_port())
         redis.start()

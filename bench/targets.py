@@ -27,6 +27,13 @@ class ServerConfig:
     worker_class: str = "gthread"
     threads: int = 2
 
+    @classmethod
+    def parse(cls, label: str) -> ServerConfig:
+        """A label ("sync 3", "gthread 2x2") back into a model."""
+        kind, _, size = label.partition(" ")
+        workers, _, threads = size.partition("x")
+        return cls(int(workers), kind, int(threads or 1))
+
     @property
     def label(self) -> str:
         """e.g. "sync 3" or "gthread 2x2" (workers x threads)."""

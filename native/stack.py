@@ -123,17 +123,20 @@ class StackConfig:
         """The port of app instance 1, 2, ... (kind "app" or "app_metrics"): instance 1 uses
         APP_PORT / APP_METRICS_PORT, instance k APP_<k>_PORT / APP_<k>_METRICS_PORT (by
         default the next ports up)."""
-        if instance == 1:
-            return self.ports[kind]
         name = f"APP_{instance}_{'METRICS_' if kind == 'app_metrics' else ''}PORT"
-        return int(self.env.get(name) or self.ports[kind] + instance - 1)
+        return self._nth_port(kind, name, instance)
 
     def redis_node_port(self, node: int) -> int:
         """The port of cluster node 1..6: node 1 uses REDIS_PORT, node k REDIS_<k>_PORT (by
         default the next ports up). Each node's cluster bus is its port + 10000."""
-        if node == 1:
-            return self.ports["redis"]
-        return int(self.env.get(f"REDIS_{node}_PORT") or self.ports["redis"] + node - 1)
+        return self._nth_port("redis", f"REDIS_{node}_PORT", node)
+
+    def _nth_port(self, port: str, variable: str, n: int) -> int:
+        """Instance n's port: the named port for the first, else `variable`, by default the
+        next ports up."""
+        if n == 1:
+            return self.ports[port]
+        return int(self.env.get(variable) or self.ports[port] + n - 1)
 
     def app_env(self, instance: int = 1) -> dict[str, str]:
         """An app instance's environment: the caller's, pointed at this stack's Redis."""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from native.otlp_receiver import Receiver, Span, start_receiver
 from tests.conftest import Stack, make_stack
-from tests.otlp_receiver import Receiver, Span, start_receiver
 
 pytestmark = pytest.mark.stack
 

@@ -1,5 +1,6 @@
-"""A real OTLP/HTTP trace receiver for the tests: decodes the protobuf export requests the
-app's OTLP exporter sends, and keeps the spans."""
+"""A real OTLP/HTTP trace receiver, standing in for a collector: decodes the protobuf export
+requests the app's OTLP exporter sends, counts the spans, and keeps them for the tests (the
+benchmark only counts)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ class Receiver:
     """Listens on 127.0.0.1:port for POST /v1/traces."""
 
     server: ThreadingHTTPServer
+    keep: bool = True  # False: count the spans, keep nothing
+    count: int = 0
     spans: list[Span] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def endpoint(self) -> str:
@@ -58,7 +62,7 @@ class Receiver:
         self.server.server_close()
 
 
-def start_receiver() -> Receiver:
+def start_receiver(keep: bool = True) -> Receiver:
     """Start a receiver on a free port, serving from a thread."""
     receiver: Receiver
 
@@ -69,16 +73,22 @@ def start_receiver() -> Receiver:
                 body = gzip.decompress(body)
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
-            receiver.raw.append(body)
-            for resource_spans in request.resource_spans:
-                resource = _attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for s in scope_spans.spans:
-                        receiver.spans.append(Span(
-                            trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-                            parent_span_id=s.parent_span_id.hex(), name=s.name, kind=s.kind,
-                            attributes=_attributes(s.attributes), resource=resource,
-                        ))  # fmt: skip
+            spans = [(rs, s) for rs in request.resource_spans
+                     for scope in rs.scope_spans for s in scope.spans]  # fmt: skip
+            kept = [Span(
+                trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
+                parent_span_id=s.parent_span_id.hex(), name=s.name, kind=s.kind,
+                attributes=_attributes(s.attributes),
+                resource=_attributes(rs.resource.attributes),
+            ) for rs, s in spans] if receiver.keep else []  # fmt: skip
+            with receiver.lock:
+                receiver.count += len(spans)
+                if receiver.keep:
+                    receiver.raw.append(body)
+                    receiver.spans.extend(kept)
+            self._answer()
+
+        def _answer(self) -> None:
             answer = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -90,6 +100,6 @@ def start_receiver() -> Receiver:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver = Receiver(server)
+    receiver = Receiver(server, keep=keep)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return receiver
