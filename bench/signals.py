@@ -24,12 +24,11 @@ from unittest import mock
 # Metric values live in files in multiprocess mode, as under gunicorn; set before importing.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-signals-"))
 
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from werkzeug.test import EnvironBuilder
 
 from native.harness import free_port, redis_executor
 from native.otlp_receiver import start_receiver
-from service import logs, telemetry
+from service import logs, metrics, telemetry
 
 # name: (what is left out, sampler)
 VARIANTS = {
@@ -49,28 +48,29 @@ def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if "tracing" in parts:
             stack.enter_context(mock.patch("service.telemetry.instrument_app", mock.Mock()))
+            stack.enter_context(mock.patch("service.telemetry.client_tracer", lambda: None))
         if "access log" in parts:
             stack.enter_context(mock.patch("service.logs.init_app", lambda app: None))
         if "request id" in parts:
             stack.enter_context(mock.patch("service.request_id.init_app", lambda app: None))
         if "metrics" in parts:
-            stack.enter_context(mock.patch("service.metrics.PrometheusMetrics", mock.Mock()))
-            stack.enter_context(mock.patch("service.metrics._count_in_flight", mock.Mock()))
+            # (the access line reads the request's start from it: always left out before)
+            stack.enter_context(mock.patch("service.metrics.RequestMetrics.init_app", mock.Mock()))
         yield
 
 
-def build_apps(redis_url: str) -> dict[str, tuple[Callable, bool]]:
-    """Each variant's WSGI app, and whether its Redis calls may be traced."""
+def build_apps(redis_url: str) -> dict[str, Callable]:
+    """Each variant's WSGI app."""
     from service.app import create_app
 
     os.environ["REFERENCE_REDIS_URL"] = redis_url
     from bench.reference_app import app as reference
 
-    apps: dict[str, tuple[Callable, bool]] = {"reference": (reference.wsgi_app, False)}
+    apps: dict[str, Callable] = {"reference": reference.wsgi_app}
     for name, (parts, sampler) in VARIANTS.items():
         with leaving_out(parts), mock.patch.dict(os.environ, {"OTEL_TRACES_SAMPLER": sampler}):
             app = create_app({"REDIS_URL": redis_url})
-        apps[name] = (app.wsgi_app, "tracing" not in parts)
+        apps[name] = app.wsgi_app
     return apps
 
 
@@ -86,17 +86,16 @@ def environs(scenario: str, n: int, digest: str) -> list[dict]:
     return [EnvironBuilder(path=path, headers=headers).get_environ() for _ in range(n)]
 
 
-def cpu_per_request(app: Callable, traced: bool, requests: list[dict]) -> float:
+def cpu_per_request(app: Callable, requests: list[dict]) -> float:
     """CPU microseconds per request for serving the given requests."""
 
     def start_response(status, headers, exc_info=None):
         return None
 
-    with contextlib.nullcontext() if traced else suppress_instrumentation():
-        started = time.process_time()
-        for environ in requests:
-            b"".join(app(environ, start_response))
-        return (time.process_time() - started) / len(requests) * 1e6
+    started = time.process_time()
+    for environ in requests:
+        b"".join(app(environ, start_response))
+    return (time.process_time() - started) / len(requests) * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.config.dictConfig(logs.logging_config())  # as gunicorn.conf.py does
     logs.lighten_records()
+    metrics.cache_pid_for_multiprocess_values()
     sink = start_receiver(keep=False)  # a collector elsewhere: count only
     with tempfile.TemporaryDirectory() as scratch:
         redis = redis_executor(Path(scratch), free_port())
@@ -114,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
             telemetry.setup_tracing()
-            apps = build_apps(redis_url)
-            # Access lines go where gunicorn's stdout would: not this terminal.
+            # Log lines go where gunicorn's stdout would: not this terminal.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 for handler in logging.getLogger().handlers:
                     handler.setStream(devnull)
-                digest = _stored_digest(apps["reference"][0])
+                apps = build_apps(redis_url)  # the access line writes to stdout as it is now
+                digest = _stored_digest(apps["reference"])
                 results = _measure(apps, args, digest)
                 telemetry.shutdown()  # the last spans, while the sink listens
         finally:
@@ -143,8 +143,7 @@ def _measure(apps: dict, args: argparse.Namespace, digest: str) -> dict:
         for round_ in range(args.rounds + 1):  # round 0 warms up
             names = list(apps) if round_ % 2 else list(apps)[::-1]
             for name in names:
-                app, traced = apps[name]
-                cost = cpu_per_request(app, traced, environs(scenario, args.requests, digest))
+                cost = cpu_per_request(apps[name], environs(scenario, args.requests, digest))
                 if round_:
                     samples[name].append(cost)
         results[scenario] = samples

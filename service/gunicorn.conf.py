@@ -16,6 +16,9 @@ if _own_metrics_dir:
 
 from service.config import ServerSettings  # noqa: E402
 from service.logs import NoAccessLogger, lighten_records, logging_config  # noqa: E402
+from service.metrics import cache_pid_for_multiprocess_values  # noqa: E402
+
+cache_pid_for_multiprocess_values()  # before any metric value exists, in any process
 
 _server = ServerSettings.from_env()
 

@@ -8,14 +8,15 @@ registry each), so every app made in tests counts on its own.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
-from flask import Flask, Request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_flask_exporter import PrometheusMetrics
+from flask import Flask, Request, Response, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 from service import __version__
 
@@ -41,6 +42,19 @@ REDIS_BUCKETS = (
 REDIS_COMMANDS = ("GET", "SET", "PING")
 REDIS_ERROR_KINDS = ("timeout", "connection", "other")
 UNMATCHED_ROUTE = "<unmatched>"
+
+
+def cache_pid_for_multiprocess_values() -> None:
+    """In multiprocess mode, prometheus_client asks the kernel for the process id on every
+    metric update, to notice a fork: eight system calls per request here, 5% of a request's
+    CPU (docs/performance.md). The id is cached instead, and refreshed in a forked child,
+    which is the same rule. Call it before any metric value exists in the process (as
+    gunicorn.conf.py does): values made before it keep writing through their own files."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return
+    pid = [os.getpid()]
+    os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
 
 
 def path(request: Request) -> str:
@@ -97,38 +111,96 @@ def _touch(metric: Any, label_sets: Iterable[tuple[str, ...]]) -> None:
         metric.labels(*labels)
 
 
-def _count_in_flight(app: Flask, gauge: Gauge) -> None:
-    """Wrap the WSGI app so that every request, failed ones included, is counted."""
-    inner: Callable = app.wsgi_app
+# Methods outside these are counted as "other": the method is the client's to choose, and a
+# label value per invented method would be a series per invented method.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STARTED = "messages.started"  # WSGI environ key: perf_counter() when the request came in
+_RECORDED = "messages.recorded"  # WSGI environ key: counted already
 
-    def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        gauge.inc()
+
+def request_started(environ: dict) -> float:
+    """When the app began serving this request (perf_counter), for every request signal."""
+    return environ[STARTED]
+
+
+class RequestMetrics:
+    """Request count and latency under prometheus-flask-exporter's names and labels
+    (`flask_http_request_duration_seconds`, `flask_http_request_total`,
+    `flask_http_request_exceptions_total`), recorded with children bound once per
+    (method, route, status). The exporter looks its children up by keyword on every request,
+    which cost 50-110 µs here (docs/performance.md)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["method", "path", "status"]
+        self.duration = Histogram(
+            "flask_http_request_duration_seconds", "Flask HTTP request duration in seconds",
+            labels, buckets=REQUEST_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.total = Counter("flask_http_request_total", "Total number of HTTP requests",
+                             ["method", "status"], registry=registry)  # fmt: skip
+        self.exceptions = Counter(
+            "flask_http_request_exceptions_total",
+            "Total number of HTTP requests which resulted in an exception",
+            ["method", "status"], registry=registry,
+        )  # fmt: skip
+        self._bound: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (method if method in METHODS else "other", route, status)
         try:
-            return inner(environ, start_response)
-        finally:
-            gauge.dec()
+            duration, total = self._bound[key]
+        except KeyError:
+            duration = self.duration.labels(key[0], route, str(status))
+            total = self.total.labels(key[0], str(status))
+            self._bound[key] = (duration, total)
+        duration.observe(seconds)
+        total.inc()
 
-    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    def init_app(self, app: Flask, in_flight: Gauge) -> None:
+        """Time every request from its first byte in the app, and record it when answered."""
+        inner: Callable = app.wsgi_app
+
+        def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            environ[STARTED] = perf_counter()
+            in_flight.inc()  # failed requests included
+            try:
+                return inner(environ, start_response)
+            finally:
+                in_flight.dec()
+
+        def after_request(response: Response) -> Response:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            seconds = perf_counter() - req.environ[STARTED]
+            self.record(req.method, path(req), response.status_code, seconds)
+            req.environ[_RECORDED] = True
+            return response
+
+        def teardown_request(exc: BaseException | None) -> None:
+            # Only an exception that no error handler answered gets here (none should); the
+            # client gets gunicorn's 500.
+            if exc is None:
+                return
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            self.exceptions.labels(req.method if req.method in METHODS else "other", "500").inc()
+            if not req.environ.get(_RECORDED):
+                self.record(req.method, path(req), 500, perf_counter() - req.environ[STARTED])
+
+        app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+        app.after_request(after_request)
+        app.teardown_request(teardown_request)
 
 
 def init_app(app: Flask, revision: str) -> StoreMetrics:
     """Instrument the app's requests; return the store's metrics for it to record into."""
     registry = CollectorRegistry()
-    PrometheusMetrics(
-        app,
-        path=None,  # served by the gunicorn master on its own port, never by the app
-        registry=registry,
-        group_by=path,
-        buckets=REQUEST_BUCKETS,
-        default_latency_as_histogram=True,
-    )
     in_flight = Gauge(
         "flask_http_requests_in_flight",
         "Requests being served right now, over all live workers",
         registry=registry,
         multiprocess_mode="livesum",
     )
-    _count_in_flight(app, in_flight)
+    RequestMetrics(registry).init_app(app, in_flight)
     build_info = Gauge(
         "messages_build_info",
         "Always 1; labels say which build is running",

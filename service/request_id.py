@@ -9,12 +9,13 @@ from flask import Flask, Response, g, request
 from opentelemetry import trace
 
 HEADER = "X-Request-ID"
+_ENVIRON_KEY = "HTTP_X_REQUEST_ID"  # read straight from the environ: on every request
 # Bounded and log-safe: a client cannot inject newlines or megabytes into our logs.
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _assign() -> None:
-    given = request.headers.get(HEADER, "")
+    given = request.environ.get(_ENVIRON_KEY, "")
     g.request_id = given if _VALID.fullmatch(given) else uuid.uuid4().hex
     # Lets a trace be found by the id the client saw (a no-op when tracing is off).
     trace.get_current_span().set_attribute("request_id", g.request_id)

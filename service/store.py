@@ -8,6 +8,7 @@ from collections.abc import Callable
 from time import perf_counter
 
 import redis
+from opentelemetry import trace
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -74,9 +75,14 @@ class MessageStore:
         connect: Callable[[], redis.Redis | RedisCluster],
         metrics: StoreMetrics,
         wait: tuple[int, int] = (0, 0),
+        trace_client: Callable[[redis.Redis | RedisCluster], None] | None = None,
     ) -> None:
         self._connect = connect
         self._client: redis.Redis | RedisCluster | None = None
+        # Commands made while a span records (a traced request) go through a second client,
+        # instrumented by trace_client; the others skip tracing altogether.
+        self._trace_client = trace_client
+        self._traced_client: redis.Redis | RedisCluster | None = None
         self._connect_lock = threading.Lock()
         self._wait_replicas, self._wait_timeout_ms = wait
         self._metrics = metrics
@@ -97,7 +103,8 @@ class MessageStore:
         if self._wait_replicas:
             created = bool(self._call("SET", lambda r: self._set_replicated(r, key, data)))
         else:
-            created = bool(self._call("SET", lambda r: r.set(key, data, nx=True)))
+            # execute_command: redis-py's set() inspects its arguments for deprecations first.
+            created = bool(self._call("SET", lambda r: r.execute_command("SET", key, data, "NX")))
         self._stored[created].inc()
         return digest, created
 
@@ -126,19 +133,30 @@ class MessageStore:
         self._call("PING", lambda r: r.ping())
 
     def close(self) -> None:
-        """Release the pool's connections."""
-        if self._client is not None:
-            self._client.close()
+        """Release the pools' connections."""
+        for client in (self._client, self._traced_client):
+            if client is not None:
+                client.close()
 
     def _redis(self) -> redis.Redis | RedisCluster:
-        """The client, made on first use, under the timings and error mapping of _call: a
-        cluster client reads the slot map when it is made, and the app must start, and answer
-        503, while Redis is unreachable or a cluster is still forming."""
+        """The client for this command, made on first use, under the timings and error mapping
+        of _call: a cluster client reads the slot map when it is made, and the app must start,
+        and answer 503, while Redis is unreachable or a cluster is still forming."""
+        if self._trace_client is not None and trace.get_current_span().is_recording():
+            return self._traced_client or self._make_traced_client()
         if self._client is None:
             with self._connect_lock:
                 if self._client is None:
                     self._client = self._connect()
         return self._client
+
+    def _make_traced_client(self) -> redis.Redis | RedisCluster:
+        with self._connect_lock:
+            if self._traced_client is None:
+                client = self._connect()
+                self._trace_client(client)  # type: ignore[misc]
+                self._traced_client = client
+        return self._traced_client
 
     def _call(self, name: str, command: Callable[[redis.Redis | RedisCluster], object]) -> object:
         started = perf_counter()

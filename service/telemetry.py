@@ -6,25 +6,27 @@ the app if a tracer provider was set up. Tracing is off unless an OTLP endpoint 
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and OTEL_SDK_DISABLED=true
 or OTEL_TRACES_EXPORTER=none turn it off in any case.
 
-The sampling decision comes first: a request that is not sampled never enters the Flask and
-Redis instrumentations, which otherwise do most of their work (attributes, context, a
-non-recording span per Redis call) before the sampler has its say. Benchmarked in
+The sampling decision comes first: a request that is not sampled never enters the Flask
+instrumentation, which otherwise does most of its work (attributes, context, a non-recording
+span) before the sampler has its say, and its Redis calls go through a Redis client without
+instrumentation (the store keeps one of each: see client_tracer). Benchmarked in
 docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -53,7 +55,9 @@ SAMPLERS: dict[str, Callable[[float], Sampler]] = {
     "parentbased_always_off": lambda _: ParentBased(ALWAYS_OFF),
     "parentbased_traceidratio": lambda ratio: ParentBased(TraceIdRatioBased(ratio)),
 }
-_TRACED = "messages.traced"  # WSGI environ key: this request was sampled
+# Whether the request being served was sampled: a context variable, not a lookup through
+# Flask's request proxy, because the hooks that read it run on every request.
+_traced: contextvars.ContextVar[bool] = contextvars.ContextVar("messages_traced", default=False)
 
 
 def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
@@ -93,8 +97,18 @@ def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
     provider = TracerProvider(resource=Resource.create(attributes), sampler=ALWAYS_ON)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    RedisInstrumentor().instrument(tracer_provider=provider)
     return provider
+
+
+def client_tracer() -> Callable[[Any], None] | None:
+    """What makes a Redis client trace its commands, if this process set up tracing. The
+    store uses an instrumented client for traced requests only: instrumenting every client
+    (RedisInstrumentor().instrument()) puts a wrapper, and a context lookup, on every command
+    of every request."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return None
+    return functools.partial(RedisInstrumentor.instrument_client, tracer_provider=provider)
 
 
 def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
@@ -109,7 +123,7 @@ def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
 
 def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
     """Route each request either through the instrumented app or, when the sampler says no,
-    around it, with instrumentation suppressed (no Redis spans either)."""
+    around it."""
     traced_app = app.wsgi_app
     plain_app = app._original_wsgi_app  # what FlaskInstrumentor wrapped
     _guard_hook(app.before_request_funcs, "_wrapped_before_request.")
@@ -129,10 +143,12 @@ def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
 
     def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         if sampled(environ):
-            environ[_TRACED] = True
-            return traced_app(environ, start_response)
-        with suppress_instrumentation():
-            return plain_app(environ, start_response)
+            token = _traced.set(True)
+            try:
+                return traced_app(environ, start_response)
+            finally:
+                _traced.reset(token)
+        return plain_app(environ, start_response)
 
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
@@ -147,7 +163,7 @@ def _guard_hook(hooks: dict, qualname_prefix: str) -> None:
 
     @functools.wraps(hook)
     def only_when_traced(*args: object) -> object:
-        return hook(*args) if request.environ.get(_TRACED) else None
+        return hook(*args) if _traced.get() else None
 
     app_hooks[found[0]] = only_when_traced
 
