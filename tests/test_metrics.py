@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client import generate_latest
+import os
+import subprocess
+import sys
 
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from native.stack import ROOT
 from service import __version__
 from service.app import create_app
 from tests.conftest import free_port
@@ -104,3 +110,56 @@ def test_the_app_does_not_serve_metrics(client, path):
     r = client.get(path)
     assert r.status_code in (400, 404)
     assert b"flask_http" not in r.data
+
+
+def test_methods_a_client_invents_share_one_label_value(app, client):
+    for method in ("FOO", "BAR", "BAZ"):
+        assert client.open("/messages", method=method).status_code == 405
+    text = scrape(app)
+    assert value(text, "flask_http_request_total", method="other", status="405") == 3
+    methods = {labels["method"] for labels, _ in samples(text, "flask_http_request_total")}
+    assert methods == {"other"}
+
+
+def test_an_exception_past_every_handler_is_counted_once(app):
+    def fail(response):
+        raise RuntimeError("a broken after_request hook")
+
+    app.after_request(fail)  # runs before the metrics' own hook, which then never sees it
+    response = app.test_client().post("/messages", json={"message": "x"})
+    assert response.status_code == 500
+    text = scrape(app)
+    assert value(text, "flask_http_request_exceptions_total", method="POST", status="500") == 1
+    assert value(text, "flask_http_request_total", method="POST", status="500") == 1
+    assert value(text, "flask_http_request_duration_seconds_count", status="500") == 1
+
+
+MULTIPROCESS_PROGRAM = """
+import os, sys
+from prometheus_client import Counter, values
+from service.metrics import cache_pid_for_multiprocess_values
+cache_pid_for_multiprocess_values()
+assert values.ValueClass.__name__ == "MmapedValue"
+counter = Counter("forks", "Counted by two processes")
+counter.inc()
+child = os.fork()
+if child == 0:
+    counter.inc(10)  # a value of the child's own, in the child's file
+    os._exit(0)
+os.waitpid(child, 0)
+counter.inc()
+print(os.getpid(), child)
+"""
+
+
+def test_with_the_pid_cached_each_forked_process_still_counts_in_its_own_file(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", MULTIPROCESS_PROGRAM], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    parent, child = run.stdout.split()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{parent}.db", f"counter_{child}.db"]
+    )
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("forks_total") == 12  # 2 in the parent, 10 in the child
