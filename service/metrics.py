@@ -2,7 +2,9 @@
 
 Under gunicorn, prometheus_client runs in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set
 in gunicorn.conf.py): each worker writes its values to files there, and the master serves the
-sum over all workers on the internal metrics port. The metric objects belong to one app (one
+sum over all workers on the internal metrics port (prometheus-flask-exporter's multiprocess
+server). The request metrics keep that exporter's names and labels but are recorded here, with
+labelled children bound once (RequestMetrics). The metric objects belong to one app (one
 registry each), so every app made in tests counts on its own.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Callable
 from time import perf_counter
 
@@ -83,6 +84,7 @@ class MessageStore:
         # instrumented by trace_client; the others skip tracing altogether.
         self._trace_client = trace_client
         self._traced_client: redis.Redis | RedisCluster | None = None
+        self._traced_nodes: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
         self._connect_lock = threading.Lock()
         self._wait_replicas, self._wait_timeout_ms = wait
         self._metrics = metrics
@@ -112,7 +114,10 @@ class MessageStore:
         # SET and WAIT on one connection: WAIT counts the replicas that have this client's
         # writes. Too few in time: not acknowledged (503); the client's retry is harmless.
         if isinstance(target, RedisCluster):  # the key's master node, on one connection
-            target = target.get_node_from_key(key).redis_connection
+            node = target.get_node_from_key(key).redis_connection
+            if target is self._traced_client:  # instrumenting a cluster client skips its nodes
+                self._trace_node(node)
+            target = node
         pipe = target.pipeline(transaction=False)
         pipe.set(key, data, nx=True)
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
@@ -149,6 +154,12 @@ class MessageStore:
                 if self._client is None:
                     self._client = self._connect()
         return self._client
+
+    def _trace_node(self, node: redis.Redis) -> None:
+        with self._connect_lock:
+            if node not in self._traced_nodes:
+                self._trace_client(node)  # type: ignore[misc]
+                self._traced_nodes.add(node)
 
     def _make_traced_client(self) -> redis.Redis | RedisCluster:
         with self._connect_lock:

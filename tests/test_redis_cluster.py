@@ -3,6 +3,7 @@ keys spread over the shards, a killed master fails over, and WAIT works per shar
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import socket
@@ -14,8 +15,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 from mirakuru import TCPExecutor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from service.app import create_app
+from service.config import Settings
+from service.metrics import StoreMetrics
+from service.store import MessageStore, make_client
 from tests.conftest import eventually, make_stack, redis_executor
 
 pytestmark = pytest.mark.stack
@@ -149,6 +158,24 @@ def test_wait_per_shard(cluster):
                                  REDIS_WAIT_TIMEOUT_MS="50")).test_client()  # fmt: skip
     r = client2.post("/messages", json={"message": "needs two replicas, has one"})
     assert r.status_code == 503
+
+
+def test_a_traced_replicated_write_has_its_redis_span(cluster):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings.from_env(env_for(cluster))
+    store = MessageStore(
+        lambda: make_client(settings), StoreMetrics.create(CollectorRegistry()), (1, 1000),
+        trace_client=functools.partial(RedisInstrumentor.instrument_client,
+                                       tracer_provider=provider),
+    )  # fmt: skip
+    for i in range(2):  # the second time on the node connection already instrumented
+        with provider.get_tracer("test").start_as_current_span("request"):
+            assert store.put(f"traced and replicated {i}".encode())[1] is True
+    redis_spans = [s for s in exporter.get_finished_spans() if s.name != "request"]
+    assert len(redis_spans) == 2
+    assert all("SET" in s.name and "WAIT" in s.name for s in redis_spans), redis_spans
 
 
 def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
