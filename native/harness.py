@@ -25,9 +25,23 @@ def free_port() -> int:
     return port_for.select_random()
 
 
+# A second app instance and cluster nodes 2-6 use the ports right above the named ones.
+PORT_BLOCK = 6
+
+
 def free_ports_env() -> dict[str, str]:
-    """<NAME>_PORT for every port of a native stack, each a free one."""
-    return {f"{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS}
+    """<NAME>_PORT for every port of a native stack: each free, and no two within PORT_BLOCK
+    of each other. (Drawn independently, two of the 13 would be the same port in one stack
+    of 250, and the stack would fail to start.)"""
+    taken: set[int] = set()
+    env = {}
+    for name in DEFAULT_PORTS:
+        port = free_port()
+        while not taken.isdisjoint(range(port - PORT_BLOCK + 1, port + PORT_BLOCK)):
+            port = free_port()
+        taken.add(port)
+        env[f"{name.upper()}_PORT"] = str(port)
+    return env
 
 
 def executor(proc: Process, log_dir: Path) -> SimpleExecutor:

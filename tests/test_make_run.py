@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 
 import psutil
 import pytest
@@ -41,19 +42,26 @@ def run_once(state_dir: str, stop_signal: int, check) -> None:
     ports = free_ports_env()
     env = {**ports, "STATE_DIR": state_dir}
     url = f"https://localhost:{ports['EDGE_PORT']}"
-    make = SimpleExecutor(["make", "--no-print-directory", "run"], cwd=str(ROOT), envvars=env,
-                          stdout=subprocess.DEVNULL, timeout=120)  # fmt: skip
-    make.start()
-    try:
-        make.wait_for(lambda: ready(url))
-        check(url)
-        os.killpg(make.process.pid, stop_signal)  # as Ctrl-C (SIGINT) or `kill` does
-        make.wait_for(lambda: not make.running())
-        assert processes_of(state_dir) == []
-        listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == "LISTEN"}
-        assert listening.isdisjoint(int(p) for p in ports.values())
-    finally:
-        make.kill()
+    with tempfile.TemporaryFile() as output:
+        make = SimpleExecutor(["make", "--no-print-directory", "run"], cwd=str(ROOT),
+                              envvars=env, stdout=output, stderr=subprocess.STDOUT,
+                              timeout=120)  # fmt: skip
+        make.start()
+        try:
+            make.wait_for(lambda: ready(url) or not make.running())
+            if not ready(url):  # it stopped by itself: say why
+                output.seek(0)
+                log = output.read().decode(errors="replace")[-3000:]
+                pytest.fail(f"make run stopped:\n{log}")
+            check(url)
+            os.killpg(make.process.pid, stop_signal)  # as Ctrl-C (SIGINT) or `kill` does
+            make.wait_for(lambda: not make.running())
+            assert processes_of(state_dir) == []
+            listening = {c.laddr.port for c in psutil.net_connections("tcp")
+                         if c.status == "LISTEN"}  # fmt: skip
+            assert listening.isdisjoint(int(p) for p in ports.values())
+        finally:
+            make.kill()
 
 
 def test_make_run_serves_stops_cleanly_and_keeps_data(tmp_path):
