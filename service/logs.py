@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, BinaryIO
 
@@ -106,6 +107,12 @@ def _add_request_context(_logger: Any, _method: str, event: dict[str, Any]) -> d
     return event
 
 
+def _add_time(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    # As python-json-logger writes it for every other line (structlog's own ends in "Z").
+    event["time"] = datetime.now(UTC).isoformat()
+    return event
+
+
 def access_logger(stream: BinaryIO) -> Any:
     """A structlog logger writing access lines as JSON to the given stream, with the fields
     of every other line. Made in each worker, after the fork (create_app), for its pid."""
@@ -115,7 +122,7 @@ def access_logger(stream: BinaryIO) -> Any:
         processors=[
             _add_request_context,
             structlog.processors.EventRenamer("message"),
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            _add_time,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -63,3 +63,4 @@ def test_each_request_writes_one_access_line_with_the_fields_of_every_line(
     common = {"time", "level", "logger", "pid", "message", "request_id"}
     assert common <= line.keys() and common <= other.keys()
     assert line["pid"] == other["pid"]
+    assert line["time"].endswith("+00:00") and other["time"].endswith("+00:00")  # one format
