@@ -120,6 +120,10 @@ STARTED = "messages.started"  # WSGI environ key: perf_counter() when the reques
 _RECORDED = "messages.recorded"  # WSGI environ key: counted already
 
 
+def _method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 def request_started(environ: dict) -> float:
     """When the app began serving this request (perf_counter), for every request signal."""
     return environ[STARTED]
@@ -149,7 +153,7 @@ class RequestMetrics:
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
-        key = (method if method in METHODS else "other", route, status)
+        key = (_method_label(method), route, status)
         try:
             duration, total = self._bound[key]
         except KeyError:
@@ -173,7 +177,7 @@ class RequestMetrics:
 
         def after_request(response: Response) -> Response:
             req = request._get_current_object()  # type: ignore[attr-defined]
-            seconds = perf_counter() - req.environ[STARTED]
+            seconds = perf_counter() - request_started(req.environ)
             self.record(req.method, path(req), response.status_code, seconds)
             req.environ[_RECORDED] = True
             return response
@@ -184,9 +188,10 @@ class RequestMetrics:
             if exc is None:
                 return
             req = request._get_current_object()  # type: ignore[attr-defined]
-            self.exceptions.labels(req.method if req.method in METHODS else "other", "500").inc()
+            self.exceptions.labels(_method_label(req.method), "500").inc()
             if not req.environ.get(_RECORDED):
-                self.record(req.method, path(req), 500, perf_counter() - req.environ[STARTED])
+                seconds = perf_counter() - request_started(req.environ)
+                self.record(req.method, path(req), 500, seconds)
 
         app.wsgi_app = wsgi_app  # type: ignore[method-assign]
         app.after_request(after_request)

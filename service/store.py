@@ -79,11 +79,10 @@ class MessageStore:
         trace_client: Callable[[redis.Redis | RedisCluster], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._client: redis.Redis | RedisCluster | None = None
         # Commands made while a span records (a traced request) go through a second client,
-        # instrumented by trace_client; the others skip tracing altogether.
+        # instrumented by trace_client; the others skip tracing altogether. Keyed by "traced".
+        self._clients: dict[bool, redis.Redis | RedisCluster] = {}
         self._trace_client = trace_client
-        self._traced_client: redis.Redis | RedisCluster | None = None
         self._traced_nodes: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
         self._connect_lock = threading.Lock()
         self._wait_replicas, self._wait_timeout_ms = wait
@@ -115,7 +114,7 @@ class MessageStore:
         # writes. Too few in time: not acknowledged (503); the client's retry is harmless.
         if isinstance(target, RedisCluster):  # the key's master node, on one connection
             node = target.get_node_from_key(key).redis_connection
-            if target is self._traced_client:  # instrumenting a cluster client skips its nodes
+            if target is self._clients.get(True):  # instrumenting a cluster skips its nodes
                 self._trace_node(node)
             target = node
         pipe = target.pipeline(transaction=False)
@@ -139,35 +138,31 @@ class MessageStore:
 
     def close(self) -> None:
         """Release the pools' connections."""
-        for client in (self._client, self._traced_client):
-            if client is not None:
-                client.close()
+        for client in self._clients.values():
+            client.close()
 
     def _redis(self) -> redis.Redis | RedisCluster:
         """The client for this command, made on first use, under the timings and error mapping
         of _call: a cluster client reads the slot map when it is made, and the app must start,
         and answer 503, while Redis is unreachable or a cluster is still forming."""
-        if self._trace_client is not None and trace.get_current_span().is_recording():
-            return self._traced_client or self._make_traced_client()
-        if self._client is None:
-            with self._connect_lock:
-                if self._client is None:
-                    self._client = self._connect()
-        return self._client
+        traced = self._trace_client is not None and trace.get_current_span().is_recording()
+        client = self._clients.get(traced)
+        return client if client is not None else self._make_client(traced)
+
+    def _make_client(self, traced: bool) -> redis.Redis | RedisCluster:
+        with self._connect_lock:
+            if traced not in self._clients:
+                client = self._connect()
+                if traced:
+                    self._trace_client(client)  # type: ignore[misc]
+                self._clients[traced] = client
+            return self._clients[traced]
 
     def _trace_node(self, node: redis.Redis) -> None:
         with self._connect_lock:
             if node not in self._traced_nodes:
                 self._trace_client(node)  # type: ignore[misc]
                 self._traced_nodes.add(node)
-
-    def _make_traced_client(self) -> redis.Redis | RedisCluster:
-        with self._connect_lock:
-            if self._traced_client is None:
-                client = self._connect()
-                self._trace_client(client)  # type: ignore[misc]
-                self._traced_client = client
-        return self._traced_client
 
     def _call(self, name: str, command: Callable[[redis.Redis | RedisCluster], object]) -> object:
         started = perf_counter()
