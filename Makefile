@@ -6,14 +6,26 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint deps system-packages cert lock clean load bench bench-signals profile
+.PHONY: run status stop restart logs test lint deps system-packages cert lock clean load bench bench-signals bench-supervision profile
 
 EDGE_PORT      ?= 5000
 LOAD_DURATION  ?= 10m
 LOAD_PAUSE_MS  ?= 100
 
-run: deps ## Run redis, gunicorn and nginx in the foreground; HTTPS on :5000
+run: deps ## The whole stack, supervised, in the foreground; HTTPS on :5000; Ctrl-C stops it
 	$(PY) -m native.run
+
+status: ## Each component of a running `make run`: state, pid, uptime, restarts
+	@$(PY) -m native.run status
+
+stop: ## Stop a `make run` started in another terminal
+	@$(PY) -m native.run stop
+
+restart: ## Start component C again, e.g. after its supervisor gave up: make restart C=mtail
+	@$(PY) -m native.run restart $(C)
+
+logs: ## Follow every component's log, interleaved (.state/logs/<component>/current)
+	tail -n 5 -F $${STATE_DIR:-.state}/logs/*/current
 
 test: deps lint ## Lints, then every test (unit and end-to-end on the real native stack)
 	$(PY) -m pytest
@@ -27,6 +39,9 @@ bench: deps ## The service against a minimal uninstrumented app, side by side (d
 
 bench-signals: deps ## What each observability signal costs per request, in one process
 	$(PY) -m bench.signals
+
+bench-supervision: deps ## What make run's supervisor and log writers cost per request, as shipped
+	$(PY) -m bench.supervision $(BENCH_ARGS)
 
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)

@@ -4,6 +4,9 @@ ready and stopped afterwards: what the tests and the benchmark run."""
 from __future__ import annotations
 
 import os
+import random
+import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +47,41 @@ def free_ports_env() -> dict[str, str]:
     return env
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20000, 40000)  # noqa: S311 (not a secret)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports_env() -> dict[str, str]:
+    """REDIS_PORT and REDIS_2_PORT ... REDIS_6_PORT for a native cluster, bus ports free."""
+    ports = {"REDIS_PORT": str(free_cluster_port())}
+    ports.update({f"REDIS_{n}_PORT": str(free_cluster_port()) for n in range(2, 7)})
+    return ports
+
+
 def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
     """A mirakuru executor for a stack process, waiting for its port or ready path."""
     log = (log_dir / f"{proc.name}.log").open("ab")
-    common = {"envvars": proc.env, "stdout": log, "stderr": subprocess.STDOUT,
-              "timeout": START_TIMEOUT,
-              "expected_returncode": proc.stop_exit_code or None}  # fmt: skip
+    common = {
+        "envvars": proc.env,
+        "stdout": log,
+        "stderr": subprocess.STDOUT,
+        "timeout": START_TIMEOUT,
+        "stop_signal": signal.Signals[f"SIG{proc.stop_signal}"],
+        "expected_returncode": proc.stop_exit_code or None,
+    }
     if proc.port is None:  # a job with nothing to wait for
         return SimpleExecutor(proc.argv, **common)
     if proc.ready_path:

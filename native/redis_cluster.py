@@ -1,6 +1,6 @@
 """Joins the native stack's Redis nodes into a cluster (REDIS_TOPOLOGY=cluster): three
 masters, each with a replica, created once with redis-cli and kept in each node's
-nodes.conf. Then stays up, so that `make run` (honcho) keeps the other processes going.
+nodes.conf. A job: it exits once the cluster serves every slot (0), or with an error.
 
     python -m native.redis_cluster --password-file FILE HOST:PORT ...
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         create(args.nodes, password)  # a first start: the nodes know only themselves
     healthy(clients[0], len(clients))
     print(f"Redis Cluster ready: {len(clients)} nodes", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.pause()  # until make run stops
     return 0
 
 

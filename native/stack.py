@@ -1,6 +1,6 @@
 """What the native stack runs: each process's command line and its rendered config files.
 
-Used by `make run` (native/run.py, under honcho) and by the tests (under mirakuru), so both
+Used by `make run` (native/run.py, under s6) and by the tests (under mirakuru), so both
 start exactly the same processes from the same config files as docker compose.
 """
 
@@ -34,6 +34,7 @@ ALERTMANAGER_TEMPLATE_VARS = (
     "ALERT_RECEIVER", "ALERT_WEBHOOK_URL", "ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL",
 )  # fmt: skip
 BLACKBOX_CONFIG = MONITORING / "blackbox" / "blackbox.yml"
+REDIS_EXPORTER_TIMEOUT = "3s"  # in docker-compose.yml too
 
 # Every port of the stack, overridable as <NAME>_PORT (EDGE_PORT, APP_PORT, ...).
 DEFAULT_PORTS = {
@@ -77,11 +78,19 @@ class StackConfig:
     app_instances: int = 1
     redis_topology: str = "single"  # or "cluster": three masters, each with a replica
     alert_resend_delay: str = "1m"
+    # make run's supervision (native/supervise.py): each component's log rotates at
+    # log_file_bytes and keeps log_files files; a component that dies restart_limit times
+    # within restart_window seconds is given up on.
+    log_file_bytes: int = 10 * 1024 * 1024
+    log_files: int = 5
+    restart_limit: int = 5
+    restart_window: int = 60
     env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
-        """Read <NAME>_PORT, STATE_DIR, RATE_LIMIT_* and SCRAPE_INTERVAL (all optional)."""
+        """Read <NAME>_PORT, STATE_DIR, RATE_LIMIT_*, SCRAPE_INTERVAL, LOG_FILE_BYTES,
+        LOG_FILES, RESTART_LIMIT and RESTART_WINDOW_SECONDS (all optional)."""
         env = dict(os.environ if env is None else env)
         d = cls(state_dir=ROOT / ".state")
         ports = {
@@ -97,6 +106,10 @@ class StackConfig:
             app_instances=max(1, int(env.get("APP_INSTANCES") or 1)),
             redis_topology=_topology(env.get("REDIS_TOPOLOGY") or d.redis_topology),
             alert_resend_delay=env.get("ALERT_RESEND_DELAY") or d.alert_resend_delay,
+            log_file_bytes=int(env.get("LOG_FILE_BYTES") or d.log_file_bytes),
+            log_files=int(env.get("LOG_FILES") or d.log_files),
+            restart_limit=int(env.get("RESTART_LIMIT") or d.restart_limit),
+            restart_window=int(env.get("RESTART_WINDOW_SECONDS") or d.restart_window),
             env=env,
         )
 
@@ -173,7 +186,9 @@ class Process:
     env: dict[str, str]
     port: int | None  # None: nothing to wait for (a process that only does a job)
     ready_path: str | None = None  # HTTP path answering 200 when ready; None: port open
-    stop_exit_code: int = 0  # what it exits with after SIGTERM
+    stop_exit_code: int = 0  # what it exits with after its stop signal
+    stop_signal: str = "TERM"  # what asks it to stop gracefully
+    job: bool = False  # runs once to its end (the cluster join), rather than serving
 
 
 def git_revision() -> str:
@@ -189,6 +204,13 @@ def git_revision() -> str:
 def edge_metrics_log(cfg: StackConfig) -> Path:
     """The compact access log nginx writes and mtail reads."""
     return cfg.state_dir / "nginx" / "edge-metrics.log"
+
+
+def textfile_dir(cfg: StackConfig) -> Path:
+    """Metric files the node exporter serves (its textfile collector)."""
+    folder = cfg.state_dir / "node-exporter" / "textfile"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def nginx_values(cfg: StackConfig) -> dict[str, str]:
@@ -364,8 +386,17 @@ def service_processes(cfg: StackConfig) -> list[Process]:
                   "-e", "stderr"],
             env=env,
             port=port["edge"],
+            stop_signal="QUIT",  # graceful: finish the requests in flight
         ),
     ]  # fmt: skip
+
+
+def redis_data_dir(cfg: StackConfig, name: str = "redis") -> Path:
+    """Where a Redis instance keeps its data. Each topology has folders of its own, so that
+    switching between them never mixes (or loses) what either stored."""
+    if cfg.redis_topology == "single":
+        return cfg.state_dir / name
+    return cfg.state_dir / "redis-cluster" / name
 
 
 def redis_processes(cfg: StackConfig, auth_conf: Path) -> list[Process]:
@@ -384,6 +415,7 @@ def redis_processes(cfg: StackConfig, auth_conf: Path) -> list[Process]:
               *[f"127.0.0.1:{p.port}" for p in nodes]],
         env=dict(cfg.env),
         port=None,
+        job=True,
     )  # fmt: skip
     return [*nodes, join]
 
@@ -391,7 +423,7 @@ def redis_processes(cfg: StackConfig, auth_conf: Path) -> list[Process]:
 def redis_process(cfg: StackConfig, name: str, port: int, auth_conf: Path,
                   *extra: str) -> Process:  # fmt: skip
     """A redis-server on the shared redis.conf, its data in a folder of its own."""
-    folder = cfg.state_dir / name
+    folder = redis_data_dir(cfg, name)
     folder.mkdir(parents=True, exist_ok=True)
     return Process(
         name=name,
@@ -438,6 +470,9 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
             name="redis-exporter",
             argv=["prometheus-redis-exporter",
                   "-redis.addr", f"redis://{cfg.address('redis')}",
+                  # A frozen Redis must read as redis_up 0 (RedisDown), not as a scrape
+                  # that times out: give up on it well within Prometheus' scrape timeout.
+                  "-connection-timeout", REDIS_EXPORTER_TIMEOUT,
                   "-web.listen-address", cfg.address("redis_exporter")],
             env={**env, "REDIS_PASSWORD": password},  # read from its environment
             port=port["redis_exporter"],
@@ -454,6 +489,8 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
         Process(
             name="node-exporter",
             argv=["prometheus-node-exporter", "--no-collector.systemd",
+                  # make run's supervisor writes its restart counts here (native/finish.py).
+                  f"--collector.textfile.directory={textfile_dir(cfg)}",
                   f"--web.listen-address={cfg.address('node_exporter')}"],
             env=env,
             port=port["node_exporter"],

@@ -67,7 +67,7 @@ class Settings:
     redis_wait_replicas: int = 0  # >0: a 201 only once that many replicas have the write
     redis_wait_timeout_ms: int = 100
     redis_connect_timeout: float = 0.25
-    redis_timeout: float = 0.5
+    redis_timeout: float = 0.25  # three tries and their backoff stay under a second
     redis_retries: int = 2
     redis_max_connections: int = 8
     max_message_bytes: int = MIB

@@ -21,6 +21,7 @@ from native.stack import (
     NGINX_TEMPLATE_VARS,
     PROMETHEUS_CONFIG,
     PROMETHEUS_JOB_PORTS,
+    REDIS_EXPORTER_TIMEOUT,
     ROOT,
     StackConfig,
     render_alertmanager,
@@ -101,6 +102,8 @@ def test_compose_defaults_match_the_code():
     assert compose_default(nginx_env["RATE_LIMIT_RPS"]) == str(native.rate_limit_rps)
     assert compose_default(nginx_env["RATE_LIMIT_BURST"]) == str(native.rate_limit_burst)
     assert nginx_env["EDGE_LISTEN"] == "5000"
+    exporter = SERVICES["redis-exporter"]["command"]
+    assert exporter[exporter.index("-connection-timeout") + 1] == REDIS_EXPORTER_TIMEOUT
 
 
 def test_images_are_pinned():

@@ -156,10 +156,10 @@ def test_a_stalled_redis_gives_fast_503s_not_hangs(stack_factory):
           f"slowest {slowest:.2f} s")  # fmt: skip
     assert set(statuses) <= {201, 503}, statuses
     assert statuses.get(503), "the pause fell within the load"
-    # A request waits on Redis at most ~1.6 s (three tries of 0.5 s, plus backoff), then
+    # A request waits on Redis at most ~0.9 s (three tries of 0.25 s, plus backoff), then
     # answers 503. Requests queue behind it: nginx's keep-alive connections stay with the
     # worker that accepted them, so at worst all 4 clients share one worker's 2 threads and the
-    # last waits 2 turns, ~3.2 s. Nothing waits for the pause to end.
+    # last waits 2 turns, ~1.8 s. Nothing waits for the pause to end.
     assert slowest < 5.5 < pause
     r = stack.request("POST", "/messages", json={"message": "after the pause"})
     assert r.status_code == 201

@@ -4,9 +4,7 @@ keys spread over the shards, a killed master fails over, and WAIT works per shar
 from __future__ import annotations
 
 import functools
-import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from native.harness import free_cluster_port
 from service.app import create_app
 from service.config import Settings
 from service.metrics import StoreMetrics
@@ -28,23 +27,6 @@ from service.store import MessageStore, make_client
 from tests.conftest import eventually, make_stack, redis_executor
 
 pytestmark = pytest.mark.stack
-
-
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    while True:
-        port = random.randint(20000, 40000)
-        if all(_free(p) for p in (port, port + 10000)):
-            return port
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_each_client_has_its_own_bounded_pool(redis_url):
     assert first.connection_pool is not second.connection_pool
     assert first.connection_pool.max_connections == 3
     kwargs = first.connection_pool.connection_kwargs
-    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (0.25, 0.5)
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (0.25, 0.25)
 
 
 def test_config_rewrite_never_touches_the_shared_config(tmp_path):

@@ -1,0 +1,142 @@
+"""`make run` driven as a user drives it, for the tests and the benchmark: started with make
+on free ports, its console kept, stopped with a signal, its components seen through
+`make status`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+import requests
+from mirakuru import SimpleExecutor
+
+from native.harness import CERT, free_ports_env
+from native.stack import ROOT
+
+START_TIMEOUT = 180  # make run installs nothing here, but a cluster takes a while to form
+
+
+def answers(url: str, path: str = "/readyz") -> bool:
+    """The edge answers 200 on path."""
+    try:
+        return requests.get(url + path, verify=CERT, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class MakeRun:
+    """One `make run`, its environment, and what it printed."""
+
+    state_dir: Path
+    env: dict[str, str]
+    make: SimpleExecutor | None = None
+    output: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
+
+    @property
+    def url(self) -> str:
+        """The public HTTPS base URL."""
+        return f"https://localhost:{self.env['EDGE_PORT']}"
+
+    def port(self, name: str) -> int:
+        """A port of the stack, by its variable's name (PROMETHEUS, MTAIL, ...)."""
+        return int(self.env[f"{name}_PORT"])
+
+    def start(self, ready: bool = True) -> MakeRun:
+        """make run, waited for until it says it serves and (if `ready`) the edge's /readyz
+        says 200; fails with what it printed if it stops first."""
+        self.make = SimpleExecutor(["make", "--no-print-directory", "run"], cwd=str(ROOT),
+                                   envvars=self.env, stdout=self.output,
+                                   stderr=subprocess.STDOUT, timeout=START_TIMEOUT)  # fmt: skip
+        self.make.start()
+        self.make.wait_for(lambda: self.serving(ready) or not self.make.running())
+        if not self.serving(ready):
+            raise AssertionError(f"make run did not serve:\n{self.console()[-4000:]}")
+        return self
+
+    def serving(self, ready: bool = True) -> bool:
+        """make run said it serves, and (if `ready`) the edge says ready."""
+        return "Serving https://" in self.console() and (not ready or answers(self.url))
+
+    def console(self) -> str:
+        """Everything make run printed so far."""
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+    def signal_stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop it as Ctrl-C (SIGINT to the terminal's process group) or `kill` does."""
+        assert self.make is not None
+        os.killpg(self.make.process.pid, sig)
+        self.make.wait_for(lambda: not self.make.running())
+
+    def kill(self) -> None:
+        """Whatever happened, leave nothing running."""
+        if self.make is not None:
+            if self.make.running():
+                self.signal_stop(signal.SIGTERM)
+            self.make.kill()
+
+    def tool(self, *args: str) -> subprocess.CompletedProcess:
+        """`make <args>` (status, stop, restart C=...) for this stack."""
+        return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT,
+                              env={**os.environ, **self.env}, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+    def status(self) -> dict[str, tuple[str, int | None, int]]:
+        """`make status`: component -> (state, pid, restarts)."""
+        out = self.tool("status")
+        assert out.returncode == 0, out.stdout + out.stderr
+        rows = {}
+        for line in out.stdout.splitlines()[1:]:  # columns: see native/run.py print_status
+            name, state, rest = line[:20].strip(), line[21:33].strip(), line[33:].split()
+            pid, restarts = rest[0], int(rest[-1])
+            rows[name] = (state, None if pid == "-" else int(pid), restarts)
+        return rows
+
+    def pid(self, component: str) -> int:
+        """The component's current pid, once it is up."""
+        state, pid, _ = self.status()[component]
+        assert state == "up" and pid, (component, state)
+        return pid
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process still running that this make run started (all inherit STATE_DIR)."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("STATE_DIR") == str(self.state_dir):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def listening(self) -> set[int]:
+        """The stack's ports that something listens on."""
+        ours = {int(v) for k, v in self.env.items() if k.endswith("_PORT")}
+        return {
+            c.laddr.port
+            for c in psutil.net_connections("tcp")
+            if c.status == "LISTEN" and c.laddr.port in ours
+        }
+
+
+def make_run_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """Free ports and a state folder of its own; the rest as shipped."""
+    return {**free_ports_env(), "STATE_DIR": str(state_dir), **extra}
+
+
+def until(check, seconds: float, every: float = 0.05) -> float:
+    """Seconds until check() is truthy; fails after `seconds`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not within {seconds} s")
+        time.sleep(every)
+    return time.monotonic() - started
