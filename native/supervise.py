@@ -38,11 +38,14 @@ CONSOLE_LINES_OF = {
 }
 
 
+def kind(name: str) -> str:
+    """The kind of component: "app" for every app instance (app, app-2, ...), else the name."""
+    return "app" if name.startswith("app-") else name
+
+
 def console_lines(name: str) -> str:
     """The regular expression for a component's lines that also go to the console."""
-    return CONSOLE_LINES_OF.get(
-        name.split("-")[0] if name.startswith("app-") else name, CONSOLE_LINES
-    )
+    return CONSOLE_LINES_OF.get(kind(name), CONSOLE_LINES)
 
 
 FINISH_TIMEOUT_MS = 10_000  # above native/finish.py's longest backoff
@@ -67,7 +70,7 @@ def _script(path: Path, lines: Iterable[str]) -> None:
 
 def stop_timeout_ms(proc: Process, cfg: StackConfig) -> int:
     """How long a component may take to stop once asked: gunicorn finishes its requests."""
-    if proc.name == "app" or proc.name.startswith("app-"):
+    if kind(proc.name) == "app":
         return (ServerSettings.from_env(cfg.app_env()).graceful_timeout + 5) * 1000
     return STOP_TIMEOUT_MS
 
@@ -151,7 +154,8 @@ def write_services(cfg: StackConfig, procs: list[Process], base_env: Mapping[str
 
 def start_supervisor(scan: Path) -> subprocess.Popen:
     """s6-svscan on the scan folder, in a session of its own: Ctrl-C in make run's terminal
-    reaches make run, which stops the stack in order, never each component at once."""
+    reaches only make run, which stops the stack through the supervisor (were the signal to
+    reach every component at once, the supervisor would restart them)."""
     return subprocess.Popen(["s6-svscan", str(scan)], start_new_session=True)
 
 
@@ -193,7 +197,7 @@ class ComponentStatus:
     """One line of `make status`."""
 
     name: str
-    state: str  # up, starting, down, given up, stopped
+    state: str  # up, restarting, GIVEN UP, stopped, or "no supervisor"
     pid: int | None
     seconds: int  # in that state for
     restarts: int
