@@ -85,8 +85,10 @@ def test_the_api_works_through_sentinel(topology):
     assert client.get(f"/messages/{'0' * 64}").status_code == 404
     assert client.get("/messages/nope").status_code == 400
     assert client.get("/readyz").status_code == 200
-    # It wrote to the master, which replicated it.
-    assert redis.Redis(port=topology.replica.port).get(f"msg:{digest}") == b"foo"
+    # It wrote to the master, which replicates it (asynchronously: CI once read the replica
+    # before the write had reached it).
+    replica = redis.Redis(port=topology.replica.port)
+    eventually(lambda: replica.get(f"msg:{digest}") == b"foo", 5)
 
 
 def test_a_killed_master_is_replaced_and_the_service_recovers(topology):
