@@ -27,5 +27,6 @@ EXPOSE 8000 9101
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 
-# Exec form: gunicorn is PID 1 and gets SIGTERM from `docker stop` for a graceful shutdown.
-CMD ["gunicorn", "--config", "service/gunicorn.conf.py", "service.wsgi:app"]
+# Exec form: gunicorn (service/serve.py) is PID 1 and gets SIGTERM from `docker stop` for a
+# graceful shutdown. make run starts the app the same way.
+CMD ["python", "-m", "service.serve"]

@@ -46,10 +46,11 @@ bench-supervision: deps ## What make run's supervisor and log writers cost per r
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
-lint: deps ## ruff, hadolint on the Dockerfile, the compose file against the compose schema
+lint: deps ## ruff, hadolint on the Dockerfiles, shellcheck, the compose files against the compose schema
 	ruff check .
 	ruff format --check .
 	hadolint Dockerfile monitoring/Dockerfile
+	shellcheck redis/*.sh monitoring/edge-log/trim.sh scripts/* .ci/run
 	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
 
 deps: system-packages $(VENV)/.installed

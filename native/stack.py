@@ -22,9 +22,9 @@ from service.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
-    "EDGE_LISTEN", "APP_UPSTREAM_SERVERS", "TLS_CERT", "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER",
-    "MAX_BODY_BYTES", "RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN",
-    "EDGE_METRICS_LOG", "TRACE_CONTEXT_TRUSTED",
+    "EDGE_LISTEN", "APP_UPSTREAM_SERVERS", "APP_BACKEND", "APP_RESOLVER", "TLS_CERT",
+    "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER", "MAX_BODY_BYTES", "RATE_LIMIT_RPS",
+    "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN", "EDGE_METRICS_LOG", "TRACE_CONTEXT_TRUSTED",
 )  # fmt: skip
 NO_NETWORK = "0.0.0.0/32"  # TRACE_CONTEXT_TRUSTED's default: trust no one
 MONITORING = ROOT / "monitoring"
@@ -81,6 +81,7 @@ class StackConfig:
     # make run's supervision (native/supervise.py): each component's log rotates at
     # log_file_bytes and keeps log_files files; a component that dies restart_limit times
     # within restart_window seconds is given up on.
+    edge_metrics_log_bytes: int = 64 * 1024 * 1024  # emptied past this (mtail has read it)
     log_file_bytes: int = 10 * 1024 * 1024
     log_files: int = 5
     restart_limit: int = 5
@@ -106,6 +107,9 @@ class StackConfig:
             app_instances=max(1, int(env.get("APP_INSTANCES") or 1)),
             redis_topology=_topology(env.get("REDIS_TOPOLOGY") or d.redis_topology),
             alert_resend_delay=env.get("ALERT_RESEND_DELAY") or d.alert_resend_delay,
+            edge_metrics_log_bytes=int(
+                env.get("EDGE_METRICS_LOG_BYTES") or d.edge_metrics_log_bytes
+            ),
             log_file_bytes=int(env.get("LOG_FILE_BYTES") or d.log_file_bytes),
             log_files=int(env.get("LOG_FILES") or d.log_files),
             restart_limit=int(env.get("RESTART_LIMIT") or d.restart_limit),
@@ -220,6 +224,8 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "APP_UPSTREAM_SERVERS": upstream_servers(
             [f"127.0.0.1:{cfg.app_port(i)}" for i in range(1, cfg.app_instances + 1)]
         ),
+        "APP_BACKEND": "app",  # the upstream group: fixed addresses, no resolver
+        "APP_RESOLVER": "",
         "TLS_CERT": str(ROOT / "localhost.crt"),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),
@@ -371,9 +377,7 @@ def service_processes(cfg: StackConfig) -> list[Process]:
         *[
             Process(
                 name="app" if i == 1 else f"app-{i}",
-                argv=[sys.executable, "-m", "gunicorn",
-                      "--config", str(ROOT / "service" / "gunicorn.conf.py"),
-                      "--chdir", str(ROOT), "service.wsgi:app"],
+                argv=[sys.executable, "-m", "service.serve", "--chdir", str(ROOT)],
                 env=cfg.app_env(i),
                 port=cfg.app_port(i),
                 ready_path="/healthz",
@@ -409,11 +413,10 @@ def redis_processes(cfg: StackConfig, auth_conf: Path) -> list[Process]:
         for n in range(1, CLUSTER_NODES + 1)
     ]  # fmt: skip
     join = Process(
-        name="redis-cluster",
-        argv=[sys.executable, "-m", "native.redis_cluster",
-              "--password-file", str(cfg.redis_password_file),
+        name="redis-cluster",  # the same join as compose's
+        argv=["sh", str(ROOT / "redis" / "cluster-join.sh"),
               *[f"127.0.0.1:{p.port}" for p in nodes]],
-        env=dict(cfg.env),
+        env={**cfg.env, "REDIS_PASSWORD_FILE": str(cfg.redis_password_file)},
         port=None,
         job=True,
     )  # fmt: skip
@@ -453,6 +456,13 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
             env=env,
             port=port["mtail"],
             ready_path="/metrics",
+        ),
+        Process(
+            name="edge-log-trim",  # nginx's edge-metrics log, emptied past a size
+            argv=["sh", str(MONITORING / "edge-log" / "trim.sh"), str(edge_metrics_log(cfg)),
+                  str(cfg.edge_metrics_log_bytes)],
+            env=env,
+            port=None,
         ),
         Process(
             name="nginx-exporter",

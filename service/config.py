@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,10 +114,57 @@ def _worker_class(env: Mapping[str, Any], default: str) -> str:
     return kind
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_v2_quota(root: Path, membership: str) -> float | None:
+    """The smallest cpu.max quota (in CPUs) on this process's cgroup v2 path, if any."""
+    path = next((line[3:] for line in membership.splitlines() if line.startswith("0::")), None)
+    if path is None:
+        return None
+    quotas = []
+    folder = root / path.strip().lstrip("/")
+    while True:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()
+            if quota != "max":
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            pass
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+    return min(quotas, default=None)
+
+
+def _cgroup_v1_quota(root: Path) -> float | None:
+    """The cpu controller's CFS quota (in CPUs), as a container sees its own; None: none."""
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cpus(root: Path = CGROUP_ROOT, membership: str | None = None) -> int:
+    """The CPUs this process may really use: the ones it may run on (its affinity: taskset,
+    cpusets), fewer if a cgroup CPU quota (a container's `cpus:` limit) allows fewer.
+    os.cpu_count() counts every CPU of the host."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            membership = ""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_v2_quota(root, membership) or _cgroup_v1_quota(root)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
 def default_workers() -> int:
-    """Gunicorn's rule for sync workers: two per core plus one. Each serves one request at a
-    time, and nginx buffers whole requests, so a slow client never holds one."""
-    return 2 * (os.cpu_count() or 1) + 1
+    """Gunicorn's rule for sync workers: two per usable CPU plus one. Each serves one request
+    at a time, and nginx buffers whole requests, so a slow client never holds one."""
+    return 2 * available_cpus() + 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +173,7 @@ class ServerSettings:
 
     bind: str = "0.0.0.0:8000"
     metrics_bind: str = "0.0.0.0:9101"
-    workers: int = 3
+    workers: int = field(default_factory=default_workers)
     # sync: `make bench` measured it cheaper per request than gthread for this app, and
     # better spread over the workers (docs/performance.md).
     worker_class: str = "sync"
@@ -141,7 +189,7 @@ class ServerSettings:
         return cls(
             bind=_get(env, "APP_BIND", d.bind, str),
             metrics_bind=_get(env, "METRICS_BIND", d.metrics_bind, str),
-            workers=max(1, _get(env, "WEB_CONCURRENCY", default_workers(), int)),
+            workers=max(1, _get(env, "WEB_CONCURRENCY", d.workers, int)),
             worker_class=_worker_class(env, d.worker_class),
             threads=max(1, _get(env, "GUNICORN_THREADS", d.threads, int)),
             graceful_timeout=_get(env, "GRACEFUL_TIMEOUT", d.graceful_timeout, int),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from native.stack import StackConfig, redis_processes
-from service.config import ServerSettings, Settings
+from native.stack import ROOT, StackConfig, redis_processes
+from service.config import ServerSettings, Settings, available_cpus, default_workers
 
 
 def test_defaults():
@@ -77,3 +81,40 @@ def test_the_native_redis_topology_is_single_or_cluster(tmp_path):
     ]  # fmt: skip
     with pytest.raises(ValueError, match="REDIS_TOPOLOGY"):
         StackConfig.from_env({"REDIS_TOPOLOGY": "ring"})
+
+
+def cgroup(root, path: str, cpu_max: str) -> None:
+    folder = root / path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cpu.max").write_text(cpu_max + "\n")
+
+
+def test_workers_follow_the_cpus_a_cgroup_quota_allows(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    cgroup(tmp_path, "", "max 100000")  # the root: no limit
+    assert available_cpus(tmp_path, "0::/\n") == affinity
+    # A container limited to 1.5 CPUs (cgroup v2, as seen from inside: its own root).
+    cgroup(tmp_path, "", "150000 100000")
+    assert available_cpus(tmp_path, "0::/\n") == min(affinity, 2)
+    # A nested cgroup: the tightest quota on the path counts.
+    cgroup(tmp_path, "", "max 100000")
+    cgroup(tmp_path, "system.slice", "max 100000")
+    cgroup(tmp_path, "system.slice/app.scope", "50000 100000")
+    assert available_cpus(tmp_path, "0::/system.slice/app.scope\n") == 1
+    # cgroup v1: the cpu controller's CFS quota.
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(v1, "4:cpu,cpuacct:/\n") == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cpus(v1, "4:cpu,cpuacct:/\n") == affinity
+
+
+def test_workers_follow_the_cpus_this_process_may_run_on():
+    """Pinned to one CPU (taskset), the default is 2 x 1 + 1 workers, not 2 x every CPU + 1."""
+    code = "from service.config import ServerSettings; print(ServerSettings.from_env({}).workers)"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "3"
+    assert ServerSettings.from_env({"WEB_CONCURRENCY": ""}).workers == default_workers()

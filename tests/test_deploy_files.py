@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,9 +46,9 @@ def compose_default(value: str) -> str:
 
 def test_the_stack_has_the_expected_services():
     assert set(SERVICES) == {
-        "redis", "app", "nginx", "mtail", "nginx-exporter", "redis-exporter", "prometheus",
-        "jaeger", "blackbox-exporter", "node-exporter", "cadvisor", "alertmanager", "grafana",
-        "loadgen",
+        "redis", "app", "nginx", "mtail", "edge-log-trim", "nginx-exporter", "redis-exporter",
+        "prometheus", "jaeger", "blackbox-exporter", "node-exporter", "cadvisor",
+        "alertmanager", "grafana", "loadgen",
     }  # fmt: skip
 
 
@@ -83,7 +84,8 @@ def test_redis_keeps_data_on_a_named_volume_with_the_shared_config():
     redis = SERVICES["redis"]
     assert "redis-data:/data" in redis["volumes"]
     assert "redis-data" in COMPOSE["volumes"]
-    assert "/usr/local/etc/redis/redis.conf" in " ".join(redis["command"])
+    assert "./redis/redis.conf:/usr/local/etc/redis/redis.conf:ro" in redis["volumes"]
+    assert redis["command"] == ["sh", "/usr/local/bin/start-redis"]  # redis/start.sh
 
 
 def test_nginx_gets_every_template_variable():
@@ -102,8 +104,8 @@ def test_compose_defaults_match_the_code():
     assert compose_default(nginx_env["RATE_LIMIT_RPS"]) == str(native.rate_limit_rps)
     assert compose_default(nginx_env["RATE_LIMIT_BURST"]) == str(native.rate_limit_burst)
     assert nginx_env["EDGE_LISTEN"] == "5000"
-    exporter = SERVICES["redis-exporter"]["command"]
-    assert exporter[exporter.index("-connection-timeout") + 1] == REDIS_EXPORTER_TIMEOUT
+    exporter = SERVICES["redis-exporter"]["command"][0]
+    assert f"-connection-timeout {REDIS_EXPORTER_TIMEOUT} " in exporter
 
 
 def test_images_are_pinned():
@@ -116,7 +118,7 @@ def test_images_are_pinned():
 
 def test_dockerfile_runs_gunicorn_as_a_non_root_user():
     assert re.search(r"^USER (?!0\b|root\b)\S+", DOCKERFILE, re.M)
-    assert 'CMD ["gunicorn"' in DOCKERFILE  # exec form: gunicorn is PID 1 and gets SIGTERM
+    assert 'CMD ["python", "-m", "service.serve"]' in DOCKERFILE  # exec form: PID 1 gets SIGTERM
     # Dependencies are installed before the code is copied, so code edits reuse that layer.
     assert DOCKERFILE.index("requirements.txt") < DOCKERFILE.index("COPY service/")
 
@@ -130,17 +132,42 @@ def test_native_nginx_config_is_complete_and_valid(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
-def test_monitoring_image_has_the_versions_the_tests_run():
-    pinned = dict(re.findall(r"^\s+([a-z0-9-]+)=(\S+)", MONITORING_DOCKERFILE, re.M))
-    for package in (
-        "mtail",
-        "prometheus",
-        "prometheus-nginx-exporter",
-        "prometheus-redis-exporter",
-    ):
-        installed = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
-        assert pinned[package] == installed, f"{package}: image {pinned[package]}, here {installed}"
+def apt_packages(dockerfile: str) -> dict[str, str | None]:
+    """The packages a Dockerfile's apt-get install names: name -> pinned version, or None."""
+    found = {}
+    for block in re.findall(r"apt-get install ((?:.*\\\n)*.*)", dockerfile):
+        command = block.replace("\\\n", " ").split("&&")[0]  # up to the next command
+        for word in command.split():
+            if not word.startswith("-"):
+                name, _, version = word.partition("=")
+                found[name] = version or None
+    return found
+
+
+def test_the_debian_image_installs_what_the_tests_run():
+    """compose's nginx and monitoring tools come from the same Debian release's packages
+    as the native install, so that both run the same versions."""
+    release = re.search(r"^FROM debian:(\d+)[.\d]*-slim$", MONITORING_DOCKERFILE, re.M).group(1)
+    here = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', Path("/etc/os-release").read_text(), re.M))
+    assert (here["ID"], here["VERSION_ID"]) == ("debian", release), "tests run on another release"
+    native = set(re.findall(r"^  ([a-z0-9-]+)", (ROOT / "scripts" / "install-system-packages")
+                            .read_text(), re.M))  # fmt: skip
+    image_only = {"procps"}  # pgrep, for the load generator's healthcheck
+    assert set(apt_packages(MONITORING_DOCKERFILE)) - image_only <= native
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "monitoring/Dockerfile"])
+def test_every_apt_package_in_every_dockerfile_resolves_against_the_archive(dockerfile):
+    """Each package exists in Debian's archive (this machine's apt sources: the same
+    release), and a version pin, if any, is one the archive still serves."""
+    for name, pinned in apt_packages((ROOT / dockerfile).read_text()).items():
+        policy = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True,
+                                check=True).stdout  # fmt: skip
+        assert "Candidate:" in policy and "Candidate: (none)" not in policy, name
+        if pinned:
+            madison = subprocess.run(["apt-cache", "madison", name], capture_output=True,
+                                     text=True, check=True).stdout  # fmt: skip
+            assert f" {pinned} " in madison, f"{name}={pinned} is no longer in the archive"
 
 
 def test_every_prometheus_job_has_a_native_target():
@@ -216,14 +243,13 @@ def test_the_cluster_override_runs_six_nodes_of_the_same_redis_and_config():
     for name, node in nodes.items():
         merged = {**base, **node} if name == "redis" else node
         assert merged["image"] == base["image"]
+        assert merged["command"] == base["command"]  # redis/start.sh
         assert "./redis/redis.conf:/usr/local/etc/redis/redis.conf:ro" in merged["volumes"]
         assert f"{name}-data:/data" in merged["volumes"]
-        command = merged["command"][-1]
-        assert "--cluster-enabled yes" in command and "--masterauth" in command
+        assert merged["environment"]["REDIS_CLUSTER"] == "yes"
         assert merged.get("ports") is None  # never published, as the single Redis
-    join = CLUSTER["services"]["redis-cluster"]["command"][-1]
-    assert f"for n in {' '.join(nodes)};" in join  # every node joins
-    assert "--cluster-replicas 1" in join
+    join = CLUSTER["services"]["redis-cluster"]["command"]
+    assert join[2:] == [f"{n}:6379" for n in nodes]  # every node joins
     assert set(CLUSTER["volumes"]) == {f"{n}-data" for n in nodes if n != "redis"}
 
 

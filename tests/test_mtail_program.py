@@ -4,8 +4,14 @@ in the form nginx writes them."""
 from __future__ import annotations
 
 import subprocess
+import time
 
+import requests
+from mirakuru import HTTPExecutor, SimpleExecutor
+
+from native.harness import free_port
 from native.stack import ROOT
+from tests.conftest import eventually
 from tests.metrics_text import value
 
 LINES = [
@@ -55,3 +61,36 @@ def test_upstream_time_only_when_an_upstream_answered(tmp_path):
     name = "edge_upstream_response_duration_seconds_count"
     assert value(text, name, route="/messages") == 4
     assert value(text, name, route="/messages/<digest>") == 0
+
+
+def test_the_trimmed_log_keeps_being_counted(tmp_path):
+    """monitoring/edge-log/trim.sh empties the log past its size limit; the real mtail, tailing
+    it, counts the lines written before and after, and a log under the limit is left alone."""
+    log = tmp_path / "edge.log"
+    log.write_text("")
+    port = free_port()
+    mtail = HTTPExecutor(
+        ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
+         "--emit_prog_label=false", "--address", "127.0.0.1", "--port", str(port)],
+        url=f"http://127.0.0.1:{port}/metrics", method="GET", timeout=30,
+    )  # fmt: skip
+    trim = SimpleExecutor(["sh", str(ROOT / "monitoring" / "edge-log" / "trim.sh"), str(log),
+                           "1000", "0.2"], timeout=10)  # fmt: skip
+    count = "edge_http_requests_total"
+
+    def counted() -> float:
+        return value(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, count)
+
+    def append(n: int) -> None:
+        with log.open("a") as f:
+            f.writelines(f"{LINES[0]}\n" for _ in range(n))
+
+    with mtail:
+        append(50)  # 1,550 bytes: past the limit
+        eventually(lambda: counted() == 50, 10)  # read (what is not yet read may be lost)
+        with trim:
+            eventually(lambda: log.stat().st_size == 0, 10)
+            append(5)  # 155 bytes: under the limit, left alone
+            eventually(lambda: counted() == 55, 10)
+            time.sleep(0.6)
+            assert log.stat().st_size == 155

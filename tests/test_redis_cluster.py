@@ -4,6 +4,7 @@ keys spread over the shards, a killed master fails over, and WAIT works per shar
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import subprocess
 import threading
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from native.harness import free_cluster_port
+from native.stack import ROOT
 from service.app import create_app
 from service.config import Settings
 from service.metrics import StoreMetrics
@@ -199,3 +201,62 @@ def test_the_app_starts_and_answers_503_while_the_cluster_is_unreachable():
     r = app.test_client().post("/messages", json={"message": "too early"})
     assert r.status_code == 503
     assert r.get_json() == {"err_msg": "Store unavailable, try again later"}
+
+
+def test_the_join_script_creates_the_cluster_and_rejoins_it_on_new_addresses(tmp_path):
+    """redis/cluster-join.sh, which compose and make run both run: it creates the cluster,
+    and after every node came back on a new address (compose's down and up), it introduces
+    them again and nothing stored is lost. (The old join checked cluster_known_nodes, which
+    stays 6 while cluster_state is fail.)"""
+    password = "join-test-password"
+    folders = [tmp_path / f"node{n}" for n in range(1, 7)]
+
+    def start_nodes() -> list[TCPExecutor]:
+        nodes = []
+        for folder in folders:
+            folder.mkdir(exist_ok=True)
+            node = redis_executor(folder, free_cluster_port(), "--cluster-enabled", "yes",
+                                  "--cluster-config-file", str(folder / "nodes.conf"),
+                                  "--cluster-node-timeout", "1000",
+                                  "--requirepass", password, "--masterauth", password)  # fmt: skip
+            node.start()
+            nodes.append(node)
+        return nodes
+
+    def join(nodes: list[TCPExecutor]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sh", str(ROOT / "redis" / "cluster-join.sh"),
+             *[f"localhost:{n.port}" for n in nodes]],
+            env={**os.environ, "REDISCLI_AUTH": password, "CLUSTER_JOIN_TIMEOUT": "60"},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    def cluster_client(nodes: list[TCPExecutor]) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=nodes[0].port, password=password)
+
+    nodes = start_nodes()
+    try:
+        created = join(nodes)
+        assert created.returncode == 0, created.stdout + created.stderr
+        assert "creating the cluster" in created.stdout
+        client = cluster_client(nodes)
+        for i in range(30):
+            client.set(f"key-{i}", i)
+        client.close()
+        again = join(nodes)  # a second run finds it ok and changes nothing
+        assert again.returncode == 0 and "creating" not in again.stdout
+    finally:
+        for node in nodes:
+            node.stop()
+    nodes = start_nodes()  # the same data and nodes.conf, each node on a new port
+    try:
+        rejoined = join(nodes)
+        assert rejoined.returncode == 0, rejoined.stdout + rejoined.stderr
+        assert "introducing the nodes again" in rejoined.stdout
+        client = cluster_client(nodes)
+        eventually(lambda: client.get("key-0") is not None, 30)
+        assert [int(client.get(f"key-{i}")) for i in range(30)] == list(range(30))
+        client.close()
+    finally:
+        for node in nodes:
+            node.stop()

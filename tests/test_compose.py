@@ -1,0 +1,181 @@
+"""The compose files checked the way Docker reads them: the real Compose CLI resolves every
+file combination and profile; the app boots with exactly the environment compose gives it;
+nginx's config, rendered as its container renders it, passes `nginx -t`. No Docker engine
+runs here, so what needs one (building images, starting containers) is not covered."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from mirakuru import HTTPExecutor
+
+from native.harness import free_port
+from native.stack import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, ROOT
+from service.config import default_workers
+from tests.compose_cli import BASE, CLUSTER, FILE_SETS, PASSWORDS, PROFILES, env_file, resolved, run
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("files", sorted(FILE_SETS))
+@pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p) or "default")
+def test_every_file_combination_and_profile_resolves_without_warnings(tmp_path, files, profiles):
+    out = run(["config", "--quiet"], FILE_SETS[files], profiles, env_file(tmp_path, **PASSWORDS))
+    assert out.returncode == 0, out.stderr
+    # A variable compose reads that .env.example does not set would be warned about here.
+    assert out.stderr == "", out.stderr
+    services = resolved(FILE_SETS[files], profiles, env_file(tmp_path, **PASSWORDS))["services"]
+    assert ("loadgen" in services) == ("load" in profiles)
+    assert ("redis-6" in services) == (files == "cluster")
+
+
+def test_without_the_passwords_every_command_says_what_to_set(tmp_path):
+    for command in (["config", "--quiet"], ["ps"], ["logs"], ["down"]):
+        out = run(command, env=env_file(tmp_path))
+        assert out.returncode != 0
+        assert "set REDIS_PASSWORD in .env (see .env.example)" in out.stderr, out.stderr
+
+
+def test_env_example_documents_every_variable_compose_reads():
+    read = set()
+    for path in (BASE, CLUSTER):
+        # ${NAME...} that compose fills in; $${NAME} is left for the container's shell.
+        read |= set(re.findall(r"(?<!\$)\$\{(\w+)", path.read_text()))
+    documented = set(re.findall(r"^(\w+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert read <= documented, read - documented
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_passwords_reach_containers_as_secrets_never_as_environment(tmp_path):
+    model = resolved(FILE_SETS["cluster"], ("load",), env_file(tmp_path, **PASSWORDS))
+    for name, service in model["services"].items():
+        for value in (service.get("environment") or {}).values():
+            assert value not in PASSWORDS.values(), name
+    assert {s["source"] for s in model["services"]["app"]["secrets"]} == {"redis_password"}
+    assert {s["source"] for s in model["services"]["grafana"]["secrets"]} == {
+        "grafana_admin_password"
+    }
+
+
+def test_the_app_boots_with_the_environment_compose_gives_it(tmp_path):
+    """The image's command, with the image's ENV and exactly the environment compose resolves
+    for `app` (WEB_CONCURRENCY empty, as compose passes it when unset). Only container paths
+    and ports are mapped to this machine: the secret file, and free ports."""
+    app = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["app"]
+    env_block = re.search(r"^ENV ((?:.*\\\n)*.*)$", DOCKERFILE, re.M).group(1)
+    image_env = dict(re.findall(r"(\w+)=(\S+)", env_block))
+    env = {**image_env, **app["environment"]}
+    assert env["WEB_CONCURRENCY"] == ""
+    secret = tmp_path / "redis_password"
+    secret.write_text(PASSWORDS["REDIS_PASSWORD"])
+    port, metrics = free_port(), free_port()
+    env.update(REDIS_PASSWORD_FILE=str(secret), APP_BIND=f"127.0.0.1:{port}",
+               METRICS_BIND=f"127.0.0.1:{metrics}", PATH=os.environ["PATH"])  # fmt: skip
+    command = json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M).group(1))
+    argv = [sys.executable if a == "python" else a for a in command]
+    with (tmp_path / "out").open("w") as out:
+        gunicorn = HTTPExecutor(argv, url=f"http://127.0.0.1:{port}/healthz", method="GET",
+                                envvars=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+                                timeout=60)  # fmt: skip
+        with gunicorn:
+            workers = psutil.Process(gunicorn.process.pid).children()
+            assert len(workers) == default_workers()
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_nginx_as_its_container_renders_it_passes_nginx_t(tmp_path):
+    """The nginx service's own command renders the shared template (envsubst with a list of
+    names), with compose's environment; container paths are mapped to this machine's."""
+    nginx = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["nginx"]
+    script = nginx["command"][0].replace("$$", "$")
+    names = re.search(r"envsubst '([^']*)'", script).group(1).split()
+    assert {n.strip("${}") for n in names} == set(NGINX_TEMPLATE_VARS)
+    env = dict(nginx["environment"])
+    assert set(NGINX_TEMPLATE_VARS) <= set(env)
+    mapped = {
+        "TLS_CERT": str(ROOT / "localhost.crt"),
+        "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
+        "NGINX_RUN_DIR": str(tmp_path),
+        "NGINX_USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+        "EDGE_METRICS_LOG": str(tmp_path / "edge-metrics.log"),
+    }
+    rendered = subprocess.run(["envsubst", " ".join(names)], input=NGINX_TEMPLATE.read_text(),
+                              env={**env, **mapped}, capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    assert "${" not in rendered
+    assert "resolver 127.0.0.11" in rendered  # Docker's DNS: replicas found as they come and go
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(rendered)
+    check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_redis_and_cluster_nodes_start_the_same_way(tmp_path):
+    model = resolved(FILE_SETS["cluster"], env=env_file(tmp_path, **PASSWORDS))["services"]
+    nodes = ["redis", *[f"redis-{n}" for n in range(2, 7)]]
+    for name in nodes:
+        assert model[name]["command"] == ["sh", "/usr/local/bin/start-redis"], name
+        assert model[name]["environment"]["REDIS_CLUSTER"] == "yes", name
+        mounts = {v["target"]: v.get("source") for v in model[name]["volumes"]}
+        assert mounts["/usr/local/bin/start-redis"] == str(ROOT / "redis" / "start.sh")
+    join = model["redis-cluster"]
+    assert join["command"][:2] == ["sh", "/usr/local/bin/cluster-join"]
+    assert join["command"][2:] == [f"{n}:6379" for n in nodes]
+
+
+def test_the_load_generator_stops_on_sigterm(tmp_path):
+    loadgen = resolved(profiles=("load",), env=env_file(tmp_path, **PASSWORDS))["services"]
+    assert loadgen["loadgen"]["init"] is True  # wrk as PID 1 would ignore SIGTERM
+
+
+def test_every_container_log_is_bounded(tmp_path):
+    model = resolved(FILE_SETS["cluster"], ("load",), env_file(tmp_path, **PASSWORDS))
+    for name, service in model["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging["options"]["max-size"] and logging["options"]["max-file"], name
+
+
+def test_node_exporter_mounts_work_on_docker_desktop(tmp_path):
+    volumes = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["node-exporter"]["volumes"]
+    root = next(v for v in volumes if v["target"] == "/host/root")
+    assert root.get("bind", {}).get("propagation") in (None, "rprivate")  # rslave fails there
+
+
+def test_jaeger_keeps_a_bounded_number_of_traces(tmp_path):
+    jaeger = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["jaeger"]
+    assert int(jaeger["environment"]["MEMORY_MAX_TRACES"]) > 0
+
+
+def global_options(words: list[str]) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """The -f files and --profile names given before a compose subcommand."""
+    files, profiles = [], []
+    while words and words[0].startswith("-"):
+        option, value, words = words[0], words[1], words[2:]
+        if option in ("-f", "--file"):
+            files.append(ROOT / value)
+        elif option == "--profile":
+            profiles.append(value)
+    return tuple(files), tuple(profiles)
+
+
+def test_the_readme_compose_commands_resolve(tmp_path):
+    """Every `docker compose ...` command the README gives runs as written against the
+    files (with .env in place), up to where an engine would be needed."""
+    readme = (ROOT / "README.md").read_text()
+    commands = sorted(set(re.findall(r"`(docker compose [^`]+)`", readme)))
+    assert commands
+    env = env_file(tmp_path, **PASSWORDS)
+    for command in commands:
+        files, profiles = global_options(command.split()[2:])
+        out = run(["config", "--quiet"], files or (BASE,), profiles, env)
+        assert out.returncode == 0, f"{command}: {out.stderr}"
