@@ -31,8 +31,11 @@ MONITORING = ROOT / "monitoring"
 PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 ALERTMANAGER_TEMPLATE = MONITORING / "alertmanager" / "alertmanager.yml.template"
 ALERTMANAGER_TEMPLATE_VARS = (
-    "ALERT_RECEIVER", "ALERT_WEBHOOK_URL", "ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL",
+    "ALERT_RECEIVER", "ALERT_PAGE_WEBHOOK_URL", "ALERT_TICKET_WEBHOOK_URL",
+    "ALERT_HEARTBEAT_RECEIVER", "ALERT_HEARTBEAT_URL", "ALERT_GROUP_WAIT", "ALERT_GROUP_INTERVAL",
 )  # fmt: skip
+UNUSED_URL = "http://127.0.0.1:9/unused"  # a receiver that is never routed to needs a URL
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
 BLACKBOX_CONFIG = MONITORING / "blackbox" / "blackbox.yml"
 REDIS_EXPORTER_TIMEOUT = "3s"  # in docker-compose.yml too
 
@@ -57,7 +60,8 @@ PROMETHEUS_JOB_PORTS = {
     "app": "app_metrics",
     "edge": "mtail",
     "nginx": "nginx_exporter",
-    "redis": "redis_exporter",
+    "redis": "redis_exporter",  # through its /scrape, one target per Redis (see below)
+    "redis-exporter": "redis_exporter",
     "prometheus": "prometheus",
     "alertmanager": "alertmanager",
     "blackbox": "blackbox_exporter",
@@ -272,14 +276,28 @@ def render_nginx(cfg: StackConfig) -> Path:
 
 
 def alertmanager_values(cfg: StackConfig) -> dict[str, str]:
-    """Alertmanager's settings: the caller's, with defaults that send nothing anywhere."""
-    url = cfg.env.get("ALERT_WEBHOOK_URL", "")
+    """Alertmanager's settings: the caller's, with defaults that send nothing anywhere.
+    ALERT_WEBHOOK_URL alone sends pages and tickets to one webhook."""
+    env = cfg.env
+    both = env.get("ALERT_WEBHOOK_URL", "")
+    pages = env.get("ALERT_PAGE_WEBHOOK_URL") or both
+    tickets = env.get("ALERT_TICKET_WEBHOOK_URL") or both
+    heartbeat = env.get("ALERT_HEARTBEAT_URL", "")
     return {
-        "ALERT_RECEIVER": cfg.env.get("ALERT_RECEIVER") or ("webhook" if url else "local"),
-        "ALERT_WEBHOOK_URL": url or "http://127.0.0.1:9/unused",
-        "ALERT_GROUP_WAIT": cfg.env.get("ALERT_GROUP_WAIT") or "30s",
-        "ALERT_GROUP_INTERVAL": cfg.env.get("ALERT_GROUP_INTERVAL") or "5m",
+        "ALERT_RECEIVER": env.get("ALERT_RECEIVER") or ("webhook" if pages or tickets else "local"),
+        "ALERT_PAGE_WEBHOOK_URL": pages or UNUSED_URL,
+        "ALERT_TICKET_WEBHOOK_URL": tickets or UNUSED_URL,
+        "ALERT_HEARTBEAT_RECEIVER": env.get("ALERT_HEARTBEAT_RECEIVER")
+        or ("webhook" if heartbeat else "local"),
+        "ALERT_HEARTBEAT_URL": heartbeat or UNUSED_URL,
+        "ALERT_GROUP_WAIT": env.get("ALERT_GROUP_WAIT") or "30s",
+        "ALERT_GROUP_INTERVAL": env.get("ALERT_GROUP_INTERVAL") or "5m",
     }
+
+
+def runbook_base_url(cfg: StackConfig) -> str:
+    """Where notifications' runbook links point: RUNBOOK_BASE_URL, else this checkout's file."""
+    return cfg.env.get("RUNBOOK_BASE_URL") or RUNBOOKS.as_uri()
 
 
 def render_alertmanager(cfg: StackConfig) -> Path:
@@ -309,12 +327,13 @@ def render_prometheus(cfg: StackConfig) -> Path:
         if job["job_name"] == "app":
             metrics = [cfg.app_port(i, "app_metrics") for i in range(1, cfg.app_instances + 1)]
             job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in metrics]}]
+        elif job["job_name"] == "redis":
+            job["static_configs"] = [{"targets": [f"redis://{a}" for a in redis_addresses(cfg)]}]
+            point_relabelling_at(job, address)
         elif job["job_name"] == "blackbox":
             # The probed URL is the target; the exporter's address is set by relabelling.
             job["static_configs"] = [{"targets": [f"https://localhost:{cfg.edge_port}/healthz"]}]
-            for relabel in job["relabel_configs"]:
-                if relabel.get("target_label") == "__address__":
-                    relabel["replacement"] = address
+            point_relabelling_at(job, address)
         else:
             job["static_configs"] = [{"targets": [address]}]
     for alertmanagers in config["alerting"]["alertmanagers"]:
@@ -322,6 +341,8 @@ def render_prometheus(cfg: StackConfig) -> Path:
     config["rule_files"] = [
         str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config.get("rule_files", [])
     ]
+    # The compose file expands ${RUNBOOK_BASE_URL} itself (--enable-feature=expand-external-labels).
+    config["global"]["external_labels"]["runbook_base_url"] = runbook_base_url(cfg)
     if cfg.scrape_interval:
         config["global"]["scrape_interval"] = cfg.scrape_interval
         config["global"]["evaluation_interval"] = cfg.scrape_interval
@@ -331,6 +352,20 @@ def render_prometheus(cfg: StackConfig) -> Path:
     path.write_text("# Derived from monitoring/prometheus/prometheus.yml by native/stack.py.\n"
                     + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
     return path
+
+
+def point_relabelling_at(job: dict, address: str) -> None:
+    """A multi-target job (blackbox, redis): its target is a parameter, and the exporter
+    that serves it, this address."""
+    for relabel in job["relabel_configs"]:
+        if relabel.get("target_label") == "__address__":
+            relabel["replacement"] = address
+
+
+def redis_addresses(cfg: StackConfig) -> list[str]:
+    """host:port of every Redis instance: the one, or each cluster node."""
+    nodes = 1 if cfg.redis_topology == "single" else CLUSTER_NODES
+    return [f"127.0.0.1:{cfg.redis_node_port(n)}" for n in range(1, nodes + 1)]
 
 
 def redis_instance_config(folder: Path, *lines: str) -> Path:
@@ -520,6 +555,7 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
             argv=["prometheus-alertmanager", f"--config.file={alertmanager_conf}",
                   f"--storage.path={alertmanager_conf.parent / 'data'}",
                   f"--web.listen-address={cfg.address('alertmanager')}",
+                  f"--web.external-url=http://localhost:{port['alertmanager']}",
                   "--cluster.listen-address="],  # a single instance: no gossip port
             env=env,
             port=port["alertmanager"],
@@ -532,6 +568,8 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
                   # The longest SLO window is 30 days.
                   "--storage.tsdb.retention.time=35d",
                   f"--rules.alert.resend-delay={cfg.alert_resend_delay}",
+                  # Links in notifications (the alert's graph) lead here.
+                  f"--web.external-url=http://localhost:{port['prometheus']}",
                   f"--web.listen-address={cfg.address('prometheus')}"],
             env=env,
             port=port["prometheus"],

@@ -74,6 +74,7 @@ class Settings:
     max_message_bytes: int = MIB
     max_body_bytes: int = 4 * MIB
     revision: str = "unknown"
+    deployment_environment: str = "development"  # in traces: deployment.environment.name
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None) -> Settings:
@@ -97,6 +98,9 @@ class Settings:
             max_message_bytes=_get(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, int),
             max_body_bytes=_get(env, "MAX_BODY_BYTES", d.max_body_bytes, int),
             revision=_get(env, "GIT_REVISION", d.revision, str),
+            deployment_environment=_get(
+                env, "DEPLOYMENT_ENVIRONMENT", d.deployment_environment, str
+            ),
         )
         if settings.max_body_bytes < settings.max_message_bytes:
             raise ValueError("MAX_BODY_BYTES must be at least MAX_MESSAGE_BYTES")
@@ -180,6 +184,16 @@ class ServerSettings:
     threads: int = 2
     graceful_timeout: int = 10
     timeout: int = 30
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Threads each worker serves requests on: sync workers have one."""
+        return self.threads if self.worker_class == "gthread" else 1
+
+    @property
+    def capacity(self) -> int:
+        """Requests one app instance serves at once."""
+        return self.workers * self.threads_per_worker
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None) -> ServerSettings:

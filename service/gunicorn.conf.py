@@ -26,7 +26,7 @@ bind = _server.bind
 workers = _server.workers
 # nginx buffers whole requests, so a worker never waits on a slow client (either class).
 worker_class = _server.worker_class
-threads = _server.threads if worker_class == "gthread" else 1  # else gunicorn picks gthread
+threads = _server.threads_per_worker  # more than 1 would make gunicorn pick gthread
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
 # Above nginx's header limits (nginx.conf.template: large_client_header_buffers), so that

@@ -21,6 +21,7 @@ from flask import Flask, Request, Response, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 from service import __version__
+from service.config import ServerSettings
 
 # Request latency: from well under a millisecond (a cached GET) to the 10 s nginx waits at
 # most. 0.025 s and 0.1 s are the latency SLO thresholds (see the alerting rules).
@@ -216,5 +217,13 @@ def init_app(app: Flask, revision: str) -> StoreMetrics:
         multiprocess_mode="max",
     )
     build_info.labels(__version__, revision, platform.python_version()).set(1)
+    # What "busy" is measured against (AppWorkersSaturated): the slots this instance has.
+    capacity = Gauge(
+        "messages_worker_capacity",
+        "Requests this app instance can serve at once (gunicorn workers x threads)",
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    capacity.set(ServerSettings.from_env().capacity)
     app.extensions["metrics_registry"] = registry
     return StoreMetrics.create(registry)

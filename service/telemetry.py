@@ -11,12 +11,18 @@ instrumentation, which otherwise does most of its work (attributes, context, a n
 span) before the sampler has its say, and its Redis calls go through a Redis client without
 instrumentation (the store keeps one of each: see client_tracer). Benchmarked in
 docs/performance.md.
+
+Spans carry the stable semantic-convention names (http.request.method, url.path,
+db.system.name, db.query.text, server.address, ...) unless OTEL_SEMCONV_STABILITY_OPT_IN says
+otherwise (see _opt_in_to_stable_semconv), and the resource names the service, its revision and its
+deployment environment (see trace_resource).
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -25,10 +31,11 @@ from typing import Any
 from flask import Flask
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation import _semconv
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.wsgi import wsgi_getter
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
@@ -38,9 +45,24 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_ENVIRONMENT_NAME
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_VERSION
 from opentelemetry.util.http import parse_excluded_urls
 
+from service.config import Settings
+
 SERVICE_NAME = "messages"  # unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say otherwise
+# The name semantic conventions 1.27 and later (the semconv package here marks it stable) give
+# the deployment environment; "deployment.environment", the SDK's older
+# resources.DEPLOYMENT_ENVIRONMENT, is deprecated. An operator who still sets the old name in
+# OTEL_RESOURCE_ATTRIBUTES keeps it, and gets no default under the new name beside it.
+LEGACY_DEPLOYMENT_ENVIRONMENT = "deployment.environment"
+# Stable HTTP and database attribute names, old ones dropped, unless the operator's
+# OTEL_SEMCONV_STABILITY_OPT_IN says otherwise ("http/dup,database/dup": both). "http" also
+# renames the Redis spans' net.peer.* to server.*. Read by the instrumentations from
+# os.environ, once per process: see _opt_in_to_stable_semconv.
+SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+DEFAULT_SEMCONV_OPT_IN = "http,database"
 # Health checks are polled constantly and /metrics never reaches the app: not worth a trace.
 EXCLUDED_URLS = "healthz,readyz,metrics"
 # One request in ten starts a trace, unless OTEL_TRACES_SAMPLER(_ARG) say otherwise; a
@@ -82,19 +104,64 @@ def sampler_from_env(env: Mapping[str, str] = os.environ) -> Sampler:
     return SAMPLERS[name](ratio)
 
 
+def semconv_opt_in(env: Mapping[str, str] = os.environ) -> str:
+    """The OTEL_SEMCONV_STABILITY_OPT_IN the instrumentations are to see: the operator's, if
+    given (empty counts as not given, as compose passes an unset variable), else ours."""
+    return (env.get(SEMCONV_OPT_IN) or "").strip() or DEFAULT_SEMCONV_OPT_IN
+
+
+def _opt_in_to_stable_semconv(env: Mapping[str, str]) -> None:
+    """Put semconv_opt_in() where the instrumentations look for it, before they look.
+
+    opentelemetry-instrumentation 0.66b1 (_semconv.py) reads OTEL_SEMCONV_STABILITY_OPT_IN
+    from os.environ, not at import but at the first instrumentation in the process
+    (FlaskInstrumentor.instrument_app, RedisInstrumentor.instrument_client, the WSGI
+    middleware), and keeps the answer for the life of the process in a class attribute that a
+    fork copies. Each instrumentation also fixes its mode when it is applied. In a gunicorn
+    worker, setup_tracing() runs in post_fork, before create_app() instruments anything, and
+    the master instruments nothing (the app is not preloaded), so the value set here is the
+    one read. Honoured, comma-separated, case-sensitive: http, http/dup, database,
+    database/dup (and gen_ai_latest_experimental); a /dup value wins over its plain one.
+    """
+    os.environ[SEMCONV_OPT_IN] = semconv_opt_in(env)
+    # Too late if it was read already (a preloaded app, or a release that reads it on import).
+    stability = getattr(_semconv, "_OpenTelemetrySemanticConventionStability", None)
+    if getattr(stability, "_initialized", False):
+        logging.getLogger(__name__).warning(
+            "%s was read before tracing was set up in this process: spans keep the "
+            "attribute names it chose then",
+            SEMCONV_OPT_IN,
+        )
+
+
+def trace_resource(settings: Settings) -> Resource:
+    """This process's resource: the service's name, version (its revision) and deployment
+    environment, unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES give them."""
+    # Resource.create() puts the attributes it is given over the operator's: leave out the
+    # ones the operator gave, read as the SDK reads them.
+    given = OTELResourceDetector().detect().attributes
+    defaults: dict[str, str] = {
+        "service.name": SERVICE_NAME,
+        SERVICE_VERSION: settings.revision,
+        DEPLOYMENT_ENVIRONMENT_NAME: settings.deployment_environment,
+    }
+    if LEGACY_DEPLOYMENT_ENVIRONMENT in given:
+        del defaults[DEPLOYMENT_ENVIRONMENT_NAME]
+    attributes: dict[str, str | int] = {k: v for k, v in defaults.items() if k not in given}
+    attributes["process.pid"] = os.getpid()
+    return Resource.create(attributes)
+
+
 def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
     """Make this process's tracer provider (batching, OTLP/HTTP) and trace Redis calls."""
     if not tracing_enabled(env):
         return None
-    attributes: dict[str, str | int] = {"process.pid": os.getpid()}
-    if not env.get("OTEL_SERVICE_NAME") and "service.name" not in env.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    ):
-        attributes["service.name"] = SERVICE_NAME
+    _opt_in_to_stable_semconv(env)
+    resource = trace_resource(Settings.from_env(env))
     # The exporter's endpoint, headers and timeout, and the batch processor's sizes and delays
     # are read from the environment here. The sampler is not the provider's: instrument_app()
     # samples each request before tracing starts, so every span made is one to keep.
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=ALWAYS_ON)
+    provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider

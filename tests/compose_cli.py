@@ -45,7 +45,7 @@ def run(
     if env is not None:
         cmd += ["--env-file", str(env)]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin"}, check=False)  # fmt: skip
+                          env={"PATH": "/usr/bin:/bin", "PWD": str(ROOT)}, check=False)  # fmt: skip
 
 
 def resolved(files=(BASE,), profiles=(), env: Path | None = None) -> dict:

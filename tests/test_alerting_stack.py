@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import redis
 import requests
 
 from tests.conftest import EVERYTHING, Stack, eventually, make_stack
@@ -53,19 +54,32 @@ class Webhook:
         self.server.server_close()
 
 
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    yield hook
-    hook.close()
+RUNBOOKS = "https://runbooks.example/docs/runbooks.md"
 
 
 @pytest.fixture
-def alerting_stack(tmp_path, webhook) -> Iterator[Stack]:
+def hooks() -> Iterator[dict[str, Webhook]]:
+    """A receiver each for pages, tickets and the heartbeat, as an on-call setup has."""
+    made = {name: Webhook() for name in ("pages", "tickets", "heartbeat")}
+    yield made
+    for hook in made.values():
+        hook.close()
+
+
+@pytest.fixture
+def webhook(hooks) -> Webhook:
+    """Where pages go."""
+    return hooks["pages"]
+
+
+@pytest.fixture
+def alerting_stack(tmp_path, hooks) -> Iterator[Stack]:
     stack = make_stack(
         tmp_path, EVERYTHING,
         SCRAPE_INTERVAL="1s", ALERT_RESEND_DELAY="1s", ALERT_GROUP_WAIT="1s",
-        ALERT_GROUP_INTERVAL="1s", ALERT_WEBHOOK_URL=webhook.url,
+        ALERT_GROUP_INTERVAL="1s", ALERT_PAGE_WEBHOOK_URL=hooks["pages"].url,
+        ALERT_TICKET_WEBHOOK_URL=hooks["tickets"].url,
+        ALERT_HEARTBEAT_URL=hooks["heartbeat"].url, RUNBOOK_BASE_URL=RUNBOOKS,
     )  # fmt: skip
     stack.start()
     yield stack
@@ -89,7 +103,10 @@ def test_redis_down_pages_through_alertmanager_and_resolves(alerting_stack, webh
     eventually(lambda: "RedisDown" in webhook.names("firing"))
     (alert,) = [a for a in webhook.alerts("firing") if a["labels"]["alertname"] == "RedisDown"]
     assert alert["labels"]["severity"] == "critical"
-    assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#redisdown"
+    # A link that works from the notification: the team's runbooks, at the alert's section.
+    assert alert["annotations"]["runbook_url"] == f"{RUNBOOKS}#redisdown"
+    # Links back to Prometheus and Alertmanager name where they are, not a container's name.
+    assert alert["generatorURL"].startswith(f"http://localhost:{stack.cfg.ports['prometheus']}/")
     assert "redis_up = 0" in alert["annotations"]["description"]
     assert "AppAllInstancesDown" not in firing_in_prometheus(stack)  # the app itself is up
 
@@ -124,3 +141,27 @@ def test_app_down_fires_edge_5xx_and_instance_down(alerting_stack, webhook):
     for name in ("EdgeAvailabilityBudgetBurnFast", "AppInstanceDown"):
         assert in_alertmanager[name]["status"]["inhibitedBy"], name
         assert name not in webhook.names("firing")
+
+
+def test_tickets_and_the_heartbeat_go_to_receivers_of_their_own(alerting_stack, hooks):
+    stack = alerting_stack
+    # The heartbeat: always firing, only ever sent to its own receiver.
+    eventually(lambda: "Watchdog" in hooks["heartbeat"].names("firing"), 60)
+    # A ticket: Redis refuses connections (maxclients reached) for a moment, which
+    # RedisRejectingConnections reports. (For longer, the exporter itself would be refused:
+    # RedisDown, which inhibits it.)
+    admin = stack.redis
+    admin.ping()
+    admin.config_set("maxclients", 1)
+    refused = 0
+    for _ in range(3):
+        try:
+            redis.Redis(port=stack.cfg.ports["redis"], socket_timeout=2).ping()
+        except redis.RedisError:
+            refused += 1
+    admin.config_set("maxclients", 10000)
+    assert refused
+    eventually(lambda: "RedisRejectingConnections" in hooks["tickets"].names("firing"), 90)
+    assert hooks["heartbeat"].names("firing") == {"Watchdog"}
+    assert "Watchdog" not in hooks["pages"].names("firing") | hooks["tickets"].names("firing")
+    assert "RedisRejectingConnections" not in hooks["pages"].names("firing")

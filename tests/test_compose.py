@@ -15,12 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 from mirakuru import HTTPExecutor
 
 from native.harness import free_port
 from native.stack import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, ROOT
 from service.config import default_workers
 from tests.compose_cli import BASE, CLUSTER, FILE_SETS, PASSWORDS, PROFILES, env_file, resolved, run
+from tests.conftest import eventually
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -50,7 +52,8 @@ def test_env_example_documents_every_variable_compose_reads():
         # ${NAME...} that compose fills in; $${NAME} is left for the container's shell.
         read |= set(re.findall(r"(?<!\$)\$\{(\w+)", path.read_text()))
     documented = set(re.findall(r"^(\w+)=", (ROOT / ".env.example").read_text(), re.M))
-    assert read <= documented, read - documented
+    from_the_shell = {"PWD"}  # the folder compose runs in, set by every shell
+    assert read - from_the_shell <= documented, read - from_the_shell - documented
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
@@ -86,8 +89,9 @@ def test_the_app_boots_with_the_environment_compose_gives_it(tmp_path):
                                 envvars=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
                                 timeout=60)  # fmt: skip
         with gunicorn:
-            workers = psutil.Process(gunicorn.process.pid).children()
-            assert len(workers) == default_workers()
+            master = psutil.Process(gunicorn.process.pid)
+            # The first worker answers while the master may still be forking the others.
+            eventually(lambda: len(master.children()) == default_workers(), 30)
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
 
 
@@ -179,3 +183,19 @@ def test_the_readme_compose_commands_resolve(tmp_path):
         files, profiles = global_options(command.split()[2:])
         out = run(["config", "--quiet"], files or (BASE,), profiles, env)
         assert out.returncode == 0, f"{command}: {out.stderr}"
+
+
+def test_prometheus_scrapes_every_redis_node_in_each_topology(tmp_path):
+    """The redis job's targets (through the exporter's /scrape) are the one Redis, or, with
+    the cluster override, all six nodes: the override mounts their list over the single."""
+    for files, nodes in (("base", ["redis"]), ("cluster", ["redis", *[f"redis-{n}" for n in
+                                                                      range(2, 7)]])):  # fmt: skip
+        prometheus = resolved(FILE_SETS[files], env=env_file(tmp_path, **PASSWORDS))["services"][
+            "prometheus"
+        ]
+        mounts = {v["target"]: v["source"] for v in prometheus["volumes"]}
+        source = mounts.get("/etc/prometheus/targets/redis.yml")
+        if source is None:  # the whole folder is mounted: its own targets/redis.yml
+            source = str(Path(mounts["/etc/prometheus"]) / "targets" / "redis.yml")
+        (group,) = yaml.safe_load(Path(source).read_text())
+        assert group["targets"] == [f"redis://{n}:6379" for n in nodes], files

@@ -1,20 +1,35 @@
 """Grafana dashboards and provisioning. No Grafana server runs here, so: the files are checked
-for what Grafana reads, and every panel's PromQL is run against a real Prometheus scraping the
-native stack under the load generator's traffic; a query that returns nothing fails."""
+for what Grafana reads, and every panel's and annotation's PromQL is run against a real
+Prometheus scraping the native stack under the load generator's traffic, with a real alert
+firing; a query that returns nothing fails. What the annotations mark over time (a deploy, not
+a restart) is checked on synthetic series by promtool, Prometheus's own engine."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import time
 from itertools import combinations
 
 import pytest
+import redis
 import requests
 import yaml
 
 from native.stack import ROOT
-from tests.conftest import EVERYTHING, make_stack
-from tests.dashboards import DASHBOARDS, GRAFANA, QUERIES, SUPERVISOR_METRICS, panels, substitute
+from tests.conftest import EVERYTHING, eventually, make_stack
+from tests.dashboards import (
+    ANNOTATIONS,
+    DASHBOARDS,
+    GRAFANA,
+    QUERIES,
+    SUPERVISOR_METRICS,
+    VARIABLE,
+    datasource_uid,
+    panels,
+    substitute,
+)
 
 DATASOURCES = yaml.safe_load(
     (GRAFANA / "provisioning" / "datasources" / "datasources.yml").read_text()
@@ -23,6 +38,23 @@ PROVIDERS = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dashboard
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 DATASOURCE_UIDS = {d["uid"]: d["type"] for d in DATASOURCES["datasources"]}
 HARNESS_QUERIES = [q for q in QUERIES if SUPERVISOR_METRICS not in q[2]]
+RULES = ROOT / "monitoring" / "prometheus" / "rules"
+ALERT_RULES = [
+    rule for group in yaml.safe_load((RULES / "alerts.yml").read_text())["groups"]
+    for rule in group["rules"]
+]  # fmt: skip
+RECORDING_RULES = {
+    rule["record"]: rule["expr"]
+    for group in yaml.safe_load((RULES / "recording.yml").read_text())["groups"]
+    for rule in group["rules"]
+}
+# Alerts that fire all the time on purpose (a dead man's switch): the dashboards leave them
+# out of what is wrong now. Watchdog is the one they name.
+HEARTBEATS = {"Watchdog"} | {r["alert"] for r in ALERT_RULES if r["expr"].strip() == "vector(1)"}
+# Grafana's ways of drawing thresholds on a time series ("off", the default, draws none).
+THRESHOLD_STYLES = {"line", "dashed", "line+area", "dashed+area", "area"}
+# A burn-rate target: an SLI's error ratio over a window, divided by the error budget.
+BURN_RATE = re.compile(r"slo:edge_(\w+):error_ratio_rate(\w+) / ([\d.]+)")
 
 
 def test_the_four_dashboards_exist():
@@ -60,18 +92,198 @@ def test_panels_have_unique_ids_and_do_not_overlap(name):
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_panels_use_provisioned_datasources_and_say_what_they_show(name):
-    for panel in panels(DASHBOARDS[name]):
+    board = DASHBOARDS[name]
+
+    def check(reference: dict, what: str) -> None:
+        if reference["type"] == "prometheus":  # the one chosen on the dashboard
+            assert reference["uid"] == "${datasource}", what
+        uid = datasource_uid(board, reference)
+        assert uid in DATASOURCE_UIDS, what
+        assert reference["type"] == DATASOURCE_UIDS[uid], what
+
+    for panel in panels(board):
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] in DATASOURCE_UIDS, panel["title"]
-        assert panel["datasource"]["type"] == DATASOURCE_UIDS[panel["datasource"]["uid"]]
+        check(panel["datasource"], panel["title"])
         assert panel.get("description"), f"{panel['title']} has no description"
         for target in panel.get("targets", []):
-            assert target["datasource"]["uid"] in DATASOURCE_UIDS
+            check(target["datasource"], panel["title"])
+            assert target["datasource"] == panel["datasource"], panel["title"]
         if panel["type"] in ("timeseries", "stat", "state-timeline"):
             assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']} has no unit"
-    for variable in DASHBOARDS[name]["templating"]["list"]:
-        assert variable["datasource"]["uid"] in DATASOURCE_UIDS
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            check(variable["datasource"], variable["name"])
+    for annotation in board["annotations"]["list"]:
+        check(annotation["datasource"], annotation["name"])
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_the_datasource_is_a_variable_that_defaults_to_the_provisioned_prometheus(name):
+    variables = DASHBOARDS[name]["templating"]["list"]
+    source = variables[0]  # first: the query variables after it query the data source it picks
+    assert source["name"] == "datasource"
+    assert source["type"] == "datasource"
+    assert source["query"] == "prometheus"  # it offers the Prometheus data sources
+    assert not source["multi"] and not source["includeAll"]
+    (prometheus,) = [d for d in DATASOURCES["datasources"] if d["type"] == "prometheus"]
+    assert source["current"] == {"text": prometheus["name"], "value": prometheus["uid"]}
+    assert [v["name"] for v in variables].count("datasource") == 1
+
+
+def test_queries_use_only_variables_the_dashboards_define():
+    for dashboard, title, expr in QUERIES + ANNOTATIONS:
+        left = [
+            m[0] for m in VARIABLE.finditer(substitute(expr)) if not m[0].strip("${}").isdigit()
+        ]
+        assert not left, f"{dashboard} / {title}: {left} in {expr}"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_time_series_draw_their_thresholds(name):
+    for panel in panels(DASHBOARDS[name]):
+        if panel["type"] != "timeseries":
+            continue
+        defaults = panel["fieldConfig"]["defaults"]
+        steps = [s["value"] for s in defaults.get("thresholds", {}).get("steps", [])]
+        style = defaults.get("custom", {}).get("thresholdsStyle", {"mode": "off"})["mode"]
+        if any(value is not None for value in steps):
+            assert style in THRESHOLD_STYLES, f"{panel['title']} does not draw {steps}"
+        else:  # Grafana would draw its default threshold, 80
+            assert style == "off", f"{panel['title']} draws thresholds it does not define"
+
+
+def alert_burn_rates(sli: str) -> tuple[float, dict[str, float]]:
+    """An SLO's error budget, and the burn rate its alerts fire above, by long window: each
+    "(<long window> > factor * budget and <short window> > ...)" of the burn-rate alerts."""
+    pair = re.compile(rf"\(slo:edge_{sli}:error_ratio_rate(\w+) > (?:([\d.]+) \* )?([\d.]+) and ")
+    rates, budgets = {}, set()
+    for rule in ALERT_RULES:
+        for window, factor, budget in pair.findall(rule["expr"]):
+            rates[window] = float(factor or 1)
+            budgets.add(float(budget))
+    (budget,) = budgets
+    return budget, rates
+
+
+def test_burn_rate_panels_divide_by_the_budget_and_draw_where_the_alerts_fire():
+    burn_rates = [
+        (panel, [BURN_RATE.fullmatch(t["expr"]) for t in panel["targets"]])
+        for board in DASHBOARDS.values()
+        for panel in panels(board)
+        if panel.get("targets") and all(BURN_RATE.fullmatch(t["expr"]) for t in panel["targets"])
+    ]
+    assert {found[0][1] for _, found in burn_rates} == {"availability", "latency"}
+    for panel, found in burn_rates:
+        (sli,) = {m[1] for m in found}
+        budget, rates = alert_burn_rates(sli)
+        assert {float(m[3]) for m in found} == {budget}, panel["title"]
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        drawn = {s["value"] for s in steps if s["value"] is not None}
+        assert drawn == {rates[m[2]] for m in found}, panel["title"]
+
+
+def test_the_5xx_ratio_counts_the_requests_the_availability_slo_counts():
+    (api,) = set(
+        re.findall(r'route=~"([^"]+)"', RECORDING_RULES["slo:edge_availability:error_ratio_rate5m"])
+    )
+    (panel,) = [
+        p
+        for p in panels(DASHBOARDS["messages-overview.json"])
+        if p["title"].startswith("5xx ratio")
+    ]
+    for target in panel["targets"]:
+        metrics = re.findall(
+            r"edge_http_requests_total|flask_http_request_duration_seconds_count", target["expr"]
+        )
+        selectors = re.findall(r"(edge_http_\w+|flask_http_\w+)\{([^}]*)\}", target["expr"])
+        assert metrics and len(selectors) == len(metrics), target["expr"]
+        for metric, matchers in selectors:
+            label = "route" if metric.startswith("edge_") else "path"  # the app's name for it
+            assert f'{label}=~"{api}"' in matchers.split(","), target["expr"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_annotations_mark_deploys_and_firing_alerts(name):
+    annotations = DASHBOARDS[name]["annotations"]["list"]
+    exprs = [a["expr"] for a in annotations]
+    assert any("messages_build_info" in e for e in exprs), "deploys"
+    assert any(re.search(r'ALERTS\{[^}]*alertstate="firing"', e) for e in exprs), "alerts"
+    for annotation in annotations:
+        assert annotation["enable"] and not annotation["hide"], annotation["name"]
+        assert annotation["titleFormat"] and annotation["iconColor"], annotation["name"]
+
+
+def labels_shown(annotation: dict) -> set[str]:
+    """The labels an annotation's title, text and tags are made of."""
+    text = annotation["titleFormat"] + annotation["textFormat"]
+    tags = {t.strip() for t in annotation["tagKeys"].split(",")} - {""}
+    return set(re.findall(r"\{\{\s*(\w+)\s*\}\}", text)) | tags
+
+
+def promtool(tmp_path, series: list[dict], cases: list[dict]) -> None:
+    """Check expressions on synthetic series, a sample a minute, with promtool."""
+    spec = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": cases}],
+    }
+    path = tmp_path / "annotations_test.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    check = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def expected(expr: str, minute: int, *samples: str) -> dict:
+    return {
+        "expr": expr,
+        "eval_time": f"{minute}m",
+        "exp_samples": [{"labels": labels, "value": 1} for labels in samples],
+    }
+
+
+@pytest.mark.parametrize("expr", sorted({e for _, _, e in ANNOTATIONS if "build_info" in e}))
+def test_the_deploy_annotation_marks_a_new_build_and_not_a_restart(tmp_path, expr):
+    build = (
+        'messages_build_info{{job="app",instance="app:8000",version="{}",revision="{}",'
+        'python="3.11.7"}}'
+    )
+    series = [
+        # 1.0.0 from the start; the app restarts at 10m (a failed scrape, then the same
+        # build again); 1.1.0 replaces it at 20m.
+        {"series": build.format("1.0.0", "aaa"), "values": "1x9 stale 1x8 stale"},
+        {"series": build.format("1.1.0", "bbb"), "values": "_x20 1x9"},
+    ]
+    first, second = '{version="1.0.0",revision="aaa"}', '{version="1.1.0",revision="bbb"}'
+    cases = [
+        expected(expr, 0, first),  # the first deploy
+        expected(expr, 6),
+        expected(expr, 11),  # the restart
+        expected(expr, 13),
+        expected(expr, 20, second),
+        expected(expr, 24, second),
+        expected(expr, 26),
+    ]
+    promtool(tmp_path, series, cases)
+
+
+@pytest.mark.parametrize("expr", sorted({e for _, _, e in ANNOTATIONS if "ALERTS" in e}))
+def test_the_alert_annotation_marks_firing_alerts_not_pending_ones_or_heartbeats(tmp_path, expr):
+    series = [
+        {"series": 'ALERTS{alertname="RedisDown",alertstate="firing",severity="critical",'
+                   'instance="redis:9121",job="redis"}', "values": "_x2 1x3"},
+        {"series": 'ALERTS{alertname="HostCPUHigh",alertstate="pending",severity="warning",'
+                   'instance="node:9100",job="node"}', "values": "1x5"},
+    ] + [
+        {"series": f'ALERTS{{alertname="{name}",alertstate="firing",severity="none"}}',
+         "values": "1x5"}
+        for name in sorted(HEARTBEATS)
+    ]  # fmt: skip
+    cases = [
+        expected(expr, 1),
+        expected(expr, 3, '{alertname="RedisDown",severity="critical"}'),
+    ]
+    promtool(tmp_path, series, cases)
 
 
 def test_dashboard_provider_loads_the_mounted_folder():
@@ -108,9 +320,34 @@ def test_grafana_in_compose_is_pinned_private_and_has_no_default_password():
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]
 
 
+# The real alert the loaded stack fires for the alert panels and annotations to show.
+REFUSED = "RedisRejectingConnections"
+# Seconds after which Prometheus has stored every rule evaluation (one a second) up to then.
+SETTLED = 2
+
+
+def refuse_a_redis_connection(stack) -> None:
+    """Redis at its maxclients refuses a client: RedisRejectingConnections fires (for five
+    minutes, the window of its increase()). The limit is back at once."""
+    address = {"port": stack.cfg.ports["redis"]}
+    password = stack.cfg.redis_password_file.read_text().strip()
+    admin = redis.Redis(**address, password=password, single_connection_client=True)
+    limit = admin.config_get("maxclients")["maxclients"]
+    refused = admin.info("stats")["rejected_connections"]
+    admin.config_set("maxclients", 1)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(**address, password=password).ping()
+    finally:
+        admin.config_set("maxclients", limit)
+    assert admin.info("stats")["rejected_connections"] > refused
+    admin.close()
+
+
 @pytest.fixture(scope="module")
 def loaded_stack(tmp_path_factory):
-    """The whole native stack after the load generator's traffic, scraped every second."""
+    """The whole native stack after the load generator's traffic, scraped every second, with
+    one alert firing."""
     tmp = tmp_path_factory.mktemp("dashboards")
     stack = make_stack(tmp, EVERYTHING, SCRAPE_INTERVAL="1s", RATE_LIMIT_RPS="10000")
     stack.start()
@@ -119,13 +356,23 @@ def loaded_stack(tmp_path_factory):
          "--script", str(ROOT / "loadgen" / "traffic.lua"), stack.url, "--", "20"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    refuse_a_redis_connection(stack)
+    firing = f'ALERTS{{alertname="{REFUSED}",alertstate="firing"}}'
+    eventually(lambda: query(stack, firing, time.time() - SETTLED)["data"]["result"], 60)
     yield stack
     stack.stop()
 
 
-def query(stack, expr: str) -> dict:
+def query(stack, expr: str, at: float | None = None) -> dict:
     url = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
-    return requests.get(url, params={"query": expr}, timeout=10).json()
+    params = {"query": expr} if at is None else {"query": expr, "time": at}
+    return requests.get(url, params=params, timeout=10).json()
+
+
+def query_range(stack, expr: str, start: float, end: float, step: str) -> dict:
+    url = f"http://{stack.cfg.address('prometheus')}/api/v1/query_range"
+    params = {"query": expr, "start": start, "end": end, "step": step}
+    return requests.get(url, params=params, timeout=10).json()
 
 
 @pytest.mark.stack
@@ -144,9 +391,69 @@ def test_every_panel_query_is_valid_and_returns_data(loaded_stack, dashboard, pa
 
 
 @pytest.mark.stack
+@pytest.mark.parametrize(("dashboard", "name", "expr"), ANNOTATIONS)
+def test_every_annotation_query_is_valid_and_marks_something(loaded_stack, dashboard, name, expr):
+    """Run as Grafana runs it: over the dashboard's time range. The stack's first deploy and
+    the fixture's alert are in it; each mark has the labels its text is made of."""
+    board = DASHBOARDS[dashboard]
+    (annotation,) = [a for a in board["annotations"]["list"] if a["name"] == name]
+    amount, unit = re.fullmatch(r"now-(\d+)([mhd])", board["time"]["from"]).groups()
+    end = time.time()
+    start = end - int(amount) * {"m": 60, "h": 3600, "d": 86400}[unit]
+    answer = query_range(loaded_stack, substitute(expr), start, end, "1s")
+    assert answer["status"] == "success", answer.get("error")
+    marks = answer["data"]["result"]
+    # Grafana marks the times a series' value is above 0.
+    assert any(float(v) > 0 for mark in marks for _, v in mark["values"]), f"{dashboard} / {name}"
+    for mark in marks:
+        assert labels_shown(annotation) <= mark["metric"].keys(), mark["metric"]
+
+
+@pytest.mark.stack
+def test_alert_panels_and_annotations_show_what_fires_but_not_heartbeats(loaded_stack):
+    at = time.time() - SETTLED  # one moment for every query, all of its evaluations stored
+    firing = query(loaded_stack, 'ALERTS{alertstate="firing"}', at)["data"]["result"]
+    shown = [r["metric"] for r in firing if r["metric"]["alertname"] not in HEARTBEATS]
+    names = {m["alertname"] for m in shown}
+    assert REFUSED in names
+    views = [q for q in QUERIES + ANNOTATIONS if "ALERTS" in q[2]]
+    assert len(views) >= 2 + len(DASHBOARDS)  # the count, the table, an annotation each
+    for dashboard, title, expr in views:
+        result = query(loaded_stack, substitute(expr), at)["data"]["result"]
+        if expr.startswith("count("):
+            (count,) = result
+            assert float(count["value"][1]) == len(shown), f"{dashboard} / {title}"
+        else:
+            assert {r["metric"]["alertname"] for r in result} == names, f"{dashboard} / {title}"
+    (table,) = [e for d, t, e in QUERIES if t == "Active alerts"]
+    rows = query(loaded_stack, substitute(table), at)["data"]["result"]
+    assert sorted(json.dumps(r["metric"], sort_keys=True) for r in rows) == sorted(
+        json.dumps(m, sort_keys=True) for m in shown
+    )
+
+
+@pytest.mark.stack
+def test_the_5xx_ratio_and_the_slo_leave_out_the_same_routes(loaded_stack):
+    (api,) = set(re.findall(r'route=~"([^"]+)"', RECORDING_RULES["slo:edge_api_requests:rate5m"]))
+
+    def values(expr: str, label: str) -> set[str]:
+        return {r["metric"][label] for r in query(loaded_stack, expr)["data"]["result"]}
+
+    every_route = values("count by (route) (edge_http_requests_total)", "route")
+    edge = values(f'count by (route) (edge_http_requests_total{{route=~"{api}"}})', "route")
+    app = values(
+        f'count by (path) (flask_http_request_duration_seconds_count{{path=~"{api}"}})', "path"
+    )
+    assert "/healthz" in every_route - edge  # the probe's, left out
+    assert edge == app and edge
+
+
+@pytest.mark.stack
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_template_variables_have_values(loaded_stack, name):
     for variable in DASHBOARDS[name]["templating"]["list"]:
+        if variable["type"] != "query":  # the datasource variable: see its own test
+            continue
         metric, label = re.fullmatch(
             r"label_values\((.+), (\w+)\)", variable["definition"]
         ).groups()

@@ -31,6 +31,7 @@ from native.stack import (
     render_prometheus,
 )
 from service.config import Settings
+from tests.compose_cli import PASSWORDS, env_file, resolved
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -206,20 +207,48 @@ def test_alertmanager_gets_every_template_variable():
     assert all(f"$${{{name}}}" in command for name in used)  # $$: compose's escape for $
 
 
-@pytest.mark.parametrize("where", ["compose defaults", "native", "native with a webhook"])
-def test_alertmanager_config_is_valid(tmp_path, where):
-    env = {"STATE_DIR": str(tmp_path)}
-    if where == "compose defaults":
-        defaults = SERVICES["alertmanager"]["environment"]
-        env.update({name: compose_default(v) for name, v in defaults.items()})
-    if where == "native with a webhook":
-        env["ALERT_WEBHOOK_URL"] = "https://hooks.example.com/x"
+ONE_HOOK = {"ALERT_WEBHOOK_URL": "https://hooks.example.com/all"}
+THREE_HOOKS = {
+    "ALERT_PAGE_WEBHOOK_URL": "https://pager.example.com/p",
+    "ALERT_TICKET_WEBHOOK_URL": "https://tickets.example.com/t",
+    "ALERT_HEARTBEAT_URL": "https://deadmansswitch.example.com/h",
+}
+# Where pages, tickets and the heartbeat go, in each case.
+ALERTMANAGER_CASES = {
+    "compose as shipped": ({}, (None, None, None)),
+    "native": ({}, (None, None, None)),
+    "native, one webhook": (ONE_HOOK, (ONE_HOOK["ALERT_WEBHOOK_URL"],) * 2 + (None,)),
+    "native, a receiver each": (THREE_HOOKS, tuple(THREE_HOOKS.values())),
+}
+
+
+@pytest.mark.parametrize("where", sorted(ALERTMANAGER_CASES))
+def test_alertmanager_config_is_valid_and_routes_pages_tickets_and_heartbeat(tmp_path, where):
+    extra, (pages, tickets, heartbeat) = ALERTMANAGER_CASES[where]
+    env = {"STATE_DIR": str(tmp_path), **extra}
+    if where.startswith("compose"):  # the environment the Compose CLI resolves
+        resolved_env = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["alertmanager"]
+        env.update(resolved_env["environment"])
     path = render_alertmanager(StackConfig.from_env(env))
     check = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     config = yaml.safe_load(path.read_text())
-    expected = "webhook" if where == "native with a webhook" else "local"
-    assert config["route"]["receiver"] == expected
+    receivers = {r["name"]: [c["url"] for c in r.get("webhook_configs", [])]
+                 for r in config["receivers"]}  # fmt: skip
+
+    def destination(labels: str) -> str | None:
+        out = subprocess.run(
+            ["amtool", "config", "routes", "test", f"--config.file={path}", *labels.split()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (urls,) = [receivers[name] for name in out.stdout.strip().split(",")]
+        return urls[0] if urls else None
+
+    assert destination("alertname=RedisDown severity=critical") == pages
+    assert destination("alertname=HostCPUHigh severity=warning") == tickets
+    assert destination("alertname=Watchdog severity=none") == heartbeat
 
 
 @pytest.mark.parametrize("render", ["repo", "native"])

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+import requests
 from mirakuru import TCPExecutor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -167,8 +168,9 @@ def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
     joins them, and the service stores through the TLS edge across the three masters."""
     ports = {f"REDIS_{n}_PORT": str(free_cluster_port()) for n in range(2, 7)}
     nodes = ("redis", *[f"redis-{n}" for n in range(2, 7)], "redis-cluster")
-    stack = make_stack(tmp_path, (*nodes, "app", "nginx"), REDIS_TOPOLOGY="cluster",
-                       REDIS_PORT=str(free_cluster_port()), **ports)  # fmt: skip
+    stack = make_stack(tmp_path, (*nodes, "app", "nginx", "redis-exporter", "prometheus"),
+                       REDIS_TOPOLOGY="cluster", REDIS_PORT=str(free_cluster_port()),
+                       SCRAPE_INTERVAL="1s", **ports)  # fmt: skip
     stack.start()
     try:
         first = stack.redis
@@ -188,6 +190,17 @@ def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
         sizes = [redis.Redis(host=a.split(":")[0], port=int(a.split(":")[1].split("@")[0]),
                              password=password).dbsize() for a, _ in masters]  # fmt: skip
         assert sum(sizes) == 60 and min(sizes) >= 5, sizes
+        # Prometheus sees every node, through the exporter: each says the cluster is ok.
+        query = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
+
+        def cluster_states() -> dict[str, float]:
+            answer = requests.get(query, params={"query": "redis_cluster_state"}, timeout=5)
+            return {r["metric"]["instance"]: float(r["value"][1])
+                    for r in answer.json()["data"]["result"]}  # fmt: skip
+
+        expected = {f"redis://127.0.0.1:{stack.cfg.redis_node_port(n)}" for n in range(1, 7)}
+        eventually(lambda: set(cluster_states()) == expected, 60)
+        eventually(lambda: set(cluster_states().values()) == {1.0}, 30)
     finally:
         stack.stop()
 

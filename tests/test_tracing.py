@@ -1,5 +1,7 @@
 """Traces and logs end to end: a real OTLP/HTTP receiver gets the app's spans for requests
-sent through the TLS edge, and they match the app's JSON log lines and the request id."""
+sent through the TLS edge, and they match the app's JSON log lines and the request id. The
+spans use the stable semantic-convention names, and their resource names the service's
+revision and deployment environment, unless the operator's OTEL_* variables say otherwise."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ SECRET = "attack at dawn 7f3a9c"  # a message whose text must not leave the serv
 FORGED_TRACE = "0af7651916cd43dd8448eb211c80319c"
 FORGED_PARENT = f"00-{FORGED_TRACE}-b7ad6b7169203331-01"
 SERVER, CLIENT = 2, 3  # OTLP span kinds
+REVISION = "0123abc"  # GIT_REVISION of the module's stack
+# The names semantic conventions had before HTTP and database were stable: off by default.
+OLD_HTTP = ("http.method", "http.status_code", "http.target", "http.scheme", "http.flavor",
+            "http.host", "http.server_name", "http.user_agent", "net.host.name",
+            "net.peer.ip")  # fmt: skip
+OLD_DB = ("db.system", "db.statement", "db.redis.database_index", "net.peer.name",
+          "net.peer.port", "net.transport")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +43,11 @@ def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every request, unless said otherwise
         "WEB_CONCURRENCY": "2",
         "GUNICORN_THREADS": "1",
+        # The service's defaults, whatever the environment running the tests has.
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "",
+        "OTEL_RESOURCE_ATTRIBUTES": "",
+        "OTEL_SERVICE_NAME": "",
+        "DEPLOYMENT_ENVIRONMENT": "",
         **env,
     }
     stack = make_stack(tmp, **settings)
@@ -43,7 +57,7 @@ def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, receiver):
-    s = traced_stack(tmp_path_factory.mktemp("traced"), receiver)
+    s = traced_stack(tmp_path_factory.mktemp("traced"), receiver, GIT_REVISION=REVISION)
     yield s
     s.stop()
 
@@ -73,10 +87,7 @@ def test_a_request_gives_a_server_span_with_a_redis_child_matching_the_logs(stac
     root, trace_spans = spans_of(stack, receiver, request_id)
 
     assert root.attributes["http.route"] == "/messages"
-    status = root.attributes.get(
-        "http.response.status_code", root.attributes.get("http.status_code")
-    )
-    assert status == 201
+    assert root.attributes["http.response.status_code"] == 201
     assert root.parent_span_id == ""  # nginx passed no trace context: the app starts the trace
     redis_spans = [s for s in trace_spans if s.kind == CLIENT]
     assert [s.name for s in redis_spans] == ["SET"]
@@ -92,6 +103,62 @@ def test_a_request_gives_a_server_span_with_a_redis_child_matching_the_logs(stac
     assert line["trace_id"] == root.trace_id
     assert line["span_id"] == root.span_id
     assert line["duration_ms"] > 0
+
+
+def test_spans_carry_the_stable_attribute_names_and_not_the_old_ones(stack, receiver):
+    r = stack.request("POST", "/messages", json={"message": "stable names"})
+    root, trace_spans = spans_of(stack, receiver, r.headers["X-Request-ID"])
+
+    assert root.attributes["http.request.method"] == "POST"
+    assert root.attributes["http.response.status_code"] == 201
+    assert root.attributes["http.route"] == "/messages"
+    assert root.attributes["url.path"] == "/messages"
+    assert not [name for name in OLD_HTTP if name in root.attributes]
+    (redis_span,) = [s for s in trace_spans if s.kind == CLIENT]
+    assert redis_span.attributes["db.system.name"] == "redis"
+    assert redis_span.attributes["db.query.text"] == "SET ? ? ?"  # arguments never leave
+    assert redis_span.attributes["server.address"] == "127.0.0.1"
+    assert redis_span.attributes["server.port"] == stack.cfg.ports["redis"]
+    assert redis_span.attributes["network.transport"] == "tcp"
+    assert not [name for name in OLD_DB if name in redis_span.attributes]
+
+
+def test_the_resource_names_the_revision_and_the_environment(stack, receiver):
+    r = stack.request("GET", f"/messages/{'a' * 64}")
+    _, trace_spans = spans_of(stack, receiver, r.headers["X-Request-ID"])
+    assert len(trace_spans) == 2  # the server span and the GET
+    for span in trace_spans:
+        assert span.resource["service.name"] == "messages"
+        assert span.resource["service.version"] == REVISION  # as in messages_build_info
+        assert span.resource["deployment.environment.name"] == "development"
+        assert "deployment.environment" not in span.resource  # the deprecated name
+
+
+def test_the_operators_otel_settings_win_over_the_defaults(tmp_path, receiver):
+    stack = traced_stack(
+        tmp_path, receiver, GIT_REVISION=REVISION, DEPLOYMENT_ENVIRONMENT="staging",
+        OTEL_RESOURCE_ATTRIBUTES="service.version=7.1.0,deployment.environment.name=production",
+        # Old and new HTTP names; database not named: the old database names only.
+        OTEL_SEMCONV_STABILITY_OPT_IN="http/dup",
+    )  # fmt: skip
+    try:
+        r = stack.request("POST", "/messages", json={"message": "operator's names"})
+        root, trace_spans = spans_of(stack, receiver, r.headers["X-Request-ID"])
+        assert root.resource["service.version"] == "7.1.0"
+        assert root.resource["deployment.environment.name"] == "production"
+        assert root.resource["service.name"] == "messages"
+        assert (root.attributes["http.method"], root.attributes["http.request.method"]) == (
+            "POST", "POST"
+        )  # fmt: skip
+        assert (root.attributes["http.status_code"],
+                root.attributes["http.response.status_code"]) == (201, 201)  # fmt: skip
+        (redis_span,) = [s for s in trace_spans if s.kind == CLIENT]
+        assert redis_span.attributes["db.system"] == "redis"
+        assert redis_span.attributes["db.statement"] == "SET ? ? ?"
+        assert "db.system.name" not in redis_span.attributes
+        assert "db.query.text" not in redis_span.attributes
+    finally:
+        stack.stop()
 
 
 def test_a_forged_traceparent_from_the_internet_is_dropped(stack, receiver):
