@@ -65,6 +65,7 @@ PROMETHEUS_JOB_PORTS = {
     "prometheus": "prometheus",
     "alertmanager": "alertmanager",
     "blackbox": "blackbox_exporter",
+    "app-ready": "blackbox_exporter",  # probes each app instance's /readyz
     "node": "node_exporter",
     "components": "process_exporter",
 }
@@ -310,7 +311,9 @@ def render_blackbox(cfg: StackConfig) -> Path:
     """The shared blackbox config, trusting the repository's certificate."""
     config = yaml.safe_load(BLACKBOX_CONFIG.read_text())
     for module in config["modules"].values():
-        module["http"]["tls_config"]["ca_file"] = str(ROOT / "localhost.crt")
+        tls = module["http"].get("tls_config", {})
+        if "ca_file" in tls:
+            tls["ca_file"] = str(ROOT / "localhost.crt")
     out = cfg.state_dir / "blackbox" / "blackbox.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -327,6 +330,10 @@ def render_prometheus(cfg: StackConfig) -> Path:
         if job["job_name"] == "app":
             metrics = [cfg.app_port(i, "app_metrics") for i in range(1, cfg.app_instances + 1)]
             job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in metrics]}]
+        elif job["job_name"] == "app-ready":
+            apps = [f"127.0.0.1:{cfg.app_port(i)}" for i in range(1, cfg.app_instances + 1)]
+            job["static_configs"] = [{"targets": apps}]
+            point_relabelling_at(job, address)
         elif job["job_name"] == "redis":
             job["static_configs"] = [{"targets": [f"redis://{a}" for a in redis_addresses(cfg)]}]
             point_relabelling_at(job, address)
@@ -355,7 +362,7 @@ def render_prometheus(cfg: StackConfig) -> Path:
 
 
 def point_relabelling_at(job: dict, address: str) -> None:
-    """A multi-target job (blackbox, redis): its target is a parameter, and the exporter
+    """A multi-target job (blackbox, app-ready, redis): its target is a parameter, and the exporter
     that serves it, this address."""
     for relabel in job["relabel_configs"]:
         if relabel.get("target_label") == "__address__":

@@ -92,6 +92,13 @@ def firing_in_prometheus(stack: Stack) -> set[str]:
     return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
+def app_ready(stack: Stack) -> dict[str, float]:
+    """probe_success of each app instance's /readyz, as Prometheus has it now."""
+    url = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
+    answer = requests.get(url, params={"query": 'probe_success{job="app-ready"}'}, timeout=5)
+    return {r["metric"]["instance"]: float(r["value"][1]) for r in answer.json()["data"]["result"]}
+
+
 def alertmanager_alerts(stack: Stack) -> dict[str, dict]:
     url = f"http://{stack.cfg.address('alertmanager')}/api/v2/alerts"
     return {a["labels"]["alertname"]: a for a in requests.get(url, timeout=5).json()}
@@ -109,9 +116,12 @@ def test_redis_down_pages_through_alertmanager_and_resolves(alerting_stack, webh
     assert alert["generatorURL"].startswith(f"http://localhost:{stack.cfg.ports['prometheus']}/")
     assert "redis_up = 0" in alert["annotations"]["description"]
     assert "AppAllInstancesDown" not in firing_in_prometheus(stack)  # the app itself is up
+    # Each instance's readiness, probed straight: this one cannot serve (an unhealthy host).
+    eventually(lambda: app_ready(stack) == {stack.cfg.address("app"): 0.0})
 
     stack.executors["redis"].start()
     eventually(lambda: "RedisDown" in webhook.names("resolved"))
+    eventually(lambda: app_ready(stack) == {stack.cfg.address("app"): 1.0})
 
 
 def test_app_down_fires_edge_5xx_and_instance_down(alerting_stack, webhook):
