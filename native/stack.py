@@ -95,8 +95,8 @@ class StackConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
-        """Read <NAME>_PORT, STATE_DIR, RATE_LIMIT_*, SCRAPE_INTERVAL, LOG_FILE_BYTES,
-        LOG_FILES, RESTART_LIMIT and RESTART_WINDOW_SECONDS (all optional)."""
+        """Read <NAME>_PORT, STATE_DIR, RATE_LIMIT_*, SCRAPE_INTERVAL, EDGE_METRICS_LOG_BYTES,
+        LOG_FILE_BYTES, LOG_FILES, RESTART_LIMIT and RESTART_WINDOW_SECONDS (all optional)."""
         env = dict(os.environ if env is None else env)
         d = cls(state_dir=ROOT / ".state")
         ports = {
@@ -226,9 +226,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
         "EDGE_LISTEN": cfg.address("edge"),
-        "APP_UPSTREAM_SERVERS": upstream_servers(
-            [f"127.0.0.1:{cfg.app_port(i)}" for i in range(1, cfg.app_instances + 1)]
-        ),
+        "APP_UPSTREAM_SERVERS": upstream_servers(app_addresses(cfg)),
         "APP_BACKEND": "app",  # the upstream group: fixed addresses, no resolver
         "APP_RESOLVER": "",
         "TLS_CERT": str(ROOT / "localhost.crt"),
@@ -328,11 +326,9 @@ def render_prometheus(cfg: StackConfig) -> Path:
             job.pop(sd, None)
         address = cfg.address(PROMETHEUS_JOB_PORTS[job["job_name"]])
         if job["job_name"] == "app":
-            metrics = [cfg.app_port(i, "app_metrics") for i in range(1, cfg.app_instances + 1)]
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in metrics]}]
+            job["static_configs"] = [{"targets": app_addresses(cfg, "app_metrics")}]
         elif job["job_name"] == "app-ready":
-            apps = [f"127.0.0.1:{cfg.app_port(i)}" for i in range(1, cfg.app_instances + 1)]
-            job["static_configs"] = [{"targets": apps}]
+            job["static_configs"] = [{"targets": app_addresses(cfg)}]
             point_relabelling_at(job, address)
         elif job["job_name"] == "redis":
             job["static_configs"] = [{"targets": [f"redis://{a}" for a in redis_addresses(cfg)]}]
@@ -367,6 +363,11 @@ def point_relabelling_at(job: dict, address: str) -> None:
     for relabel in job["relabel_configs"]:
         if relabel.get("target_label") == "__address__":
             relabel["replacement"] = address
+
+
+def app_addresses(cfg: StackConfig, kind: str = "app") -> list[str]:
+    """host:port of every app instance (kind "app") or of its metrics (kind "app_metrics")."""
+    return [f"127.0.0.1:{cfg.app_port(i, kind)}" for i in range(1, cfg.app_instances + 1)]
 
 
 def redis_addresses(cfg: StackConfig) -> list[str]:
