@@ -34,7 +34,7 @@ load: deps ## Realistic traffic against a running `make run` (reads, writes, 404
 	wrk --threads 1 --connections 4 --duration $(LOAD_DURATION) --script loadgen/traffic.lua \
 	  https://localhost:$(EDGE_PORT) -- $(LOAD_PAUSE_MS)
 
-bench: deps ## The service against a minimal uninstrumented app, side by side (docs/performance.md)
+bench: deps ## make run as shipped against a minimal uninstrumented app, side by side (--mode harness: sweeps; docs/performance.md)
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-signals: deps ## What each observability signal costs per request, in one process
@@ -58,9 +58,12 @@ deps: system-packages $(VENV)/.installed
 system-packages:
 	scripts/install-system-packages
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The pinned requirements, then the project itself without them, for its entry points (the
+# samplers OTEL_TRACES_SAMPLER names: pyproject.toml); editable: the work tree is what runs.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 cert: ## Make a new self-signed development certificate (localhost.crt) and its key

@@ -5,19 +5,46 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
-from bench.targets import Target
 from native.stack import ROOT
 
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "api.lua"
-PARTS = ("app", "nginx", "redis")
 MIB = 1024 * 1024
 # What each scenario's requests should answer; anything else makes the run invalid.
-EXPECTED_STATUS = {"post": 201, "hit": 200, "miss": 404, "plain": 200}
+EXPECTED_STATUS = {"post": 201, "hit": 200, "hot": 200, "cold": 200, "miss": 404, "plain": 200}
+# (part, pid) -> CPU seconds (user + system) the process has used so far.
+CpuTimes = dict[tuple[str, int], float]
+
+
+class Measured(Protocol):
+    """What a measurement needs of a target (bench/targets.py, shipped.py, ceiling.py)."""
+
+    name: str
+
+    @property
+    def label(self) -> str: ...  # its process model, e.g. "sync 3"
+
+    @property
+    def parts(self) -> tuple[str, ...]: ...  # what its CPU time is reported by
+
+    def url(self, via: str) -> str: ...
+
+    def cpu_seconds(self) -> CpuTimes: ...
+
+    def rss_mib(self) -> dict[str, float]: ...
+
+
+class Inputs(Protocol):
+    """The digests file each wrk run reads (bench/digests.py)."""
+
+    def file_for(self, scenario: str, seconds: float) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -44,18 +71,33 @@ class Result:
     p99_ms: float
     max_ms: float
     errors: dict[str, int]
-    cpu_us_per_request: dict[str, float]  # by part: app, nginx, redis
+    cpu_us_per_request: dict[str, float]  # by part: app, nginx, redis (and make run's kinds)
     rss_mib: dict[str, float]  # app workers' largest and total, nginx, redis
     phase: str = ""  # sweep, scaling, comparison
+    warmup_requests: int = 0
+    # Spans the trace sink received from this run and its warm-up (make run only).
+    spans: int | None = None
+    server_spans: int | None = None
 
     @property
     def valid(self) -> bool:
         """No socket errors, timeouts or unexpected statuses."""
         return not any(self.errors.values())
 
+    def traces(self) -> dict[str, float]:
+        """Spans and traced requests (server spans) per second, and the traced share."""
+        if self.spans is None or self.server_spans is None:
+            return {}
+        sent = max(1, self.requests + self.warmup_requests)
+        return {
+            "spans_per_s": round(self.spans / sent * self.rps, 1),
+            "traced_rps": round(self.server_spans / sent * self.rps, 1),
+            "traced_share": round(self.server_spans / sent, 4),
+        }
+
     def to_json(self) -> dict:
         """A plain dict for the results file."""
-        return {**asdict(self), "valid": self.valid}
+        return {**asdict(self), "valid": self.valid, **self.traces()}
 
 
 def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict:
@@ -67,54 +109,41 @@ def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict
     return json.loads(out.strip().splitlines()[-1])
 
 
-def cpu_seconds(target: Target) -> dict[str, float]:
-    """CPU time used so far by each part's processes (children that exited not counted)."""
-    used = {}
-    for part in PARTS:
-        total = 0.0
-        for proc in target.processes(part):
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        used[part] = total
-    return used
+def wrk_args(inputs: Inputs, scenario: str, seconds: float, run_id: str, load: Load) -> list[str]:
+    """The script's arguments after the mode: digests file, run id, wrk's threads."""
+    return [str(inputs.file_for(scenario, seconds)), run_id, str(load.threads)]
 
 
-def rss_mib(target: Target) -> dict[str, float]:
-    """Resident memory: the largest app worker, all of the app, nginx and Redis."""
-
-    def rss(procs: list[psutil.Process]) -> list[float]:
-        return [p.memory_info().rss / MIB for p in procs if p.is_running()]
-
-    workers = rss(target.workers())
-    return {
-        "app_worker_max": round(max(workers), 1),
-        "app_total": round(sum(rss(target.processes("app"))), 1),
-        "nginx": round(sum(rss(target.processes("nginx"))), 1),
-        "redis": round(sum(rss(target.processes("redis"))), 1),
-    }
+def cpu_used(before: CpuTimes, after: CpuTimes, parts: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds each part used in between (processes that exited in between: not counted;
+    processes that started in between: all they used)."""
+    used: dict[str, float] = defaultdict(float, dict.fromkeys(parts, 0.0))
+    for (part, pid), total in after.items():
+        used[part] += total - before.get((part, pid), 0.0)
+    return dict(used)
 
 
-def measure(target: Target, via: str, scenario: str, seconds: float, warmup: float,
-            load: Load, digests_file: Path, run_id: str) -> Result:  # fmt: skip
-    """Warm up, then measure one scenario (post, hit, miss or plain) against the target."""
+def measure(target: Measured, via: str, scenario: str, seconds: float, warmup: float,
+            load: Load, inputs: Inputs, run_id: str) -> Result:  # fmt: skip
+    """Warm up, then measure one scenario (post, hit, hot, cold, miss or plain)."""
     url = target.url(via)
     if scenario == "plain":
         url += "/edge-healthz"  # nginx answers itself: the TLS edge's ceiling
-    args = (str(digests_file), run_id)
+    warmed = 0
     if warmup:
-        run_wrk(url, scenario, warmup, load, str(digests_file), f"{run_id}-warmup")
-    before = cpu_seconds(target)
+        args = wrk_args(inputs, scenario, warmup, f"{run_id}-warmup", load)
+        warmed = run_wrk(url, scenario, warmup, load, *args)["requests"]
+    args = wrk_args(inputs, scenario, seconds, run_id, load)
+    before = target.cpu_seconds()
     summary = run_wrk(url, scenario, seconds, load, *args)
-    after = cpu_seconds(target)
+    after = target.cpu_seconds()
     n = max(1, summary["requests"])
     status_errors = summary["status_errors"]  # wrk counts every status of 400 and above
     unexpected = n - status_errors if EXPECTED_STATUS[scenario] >= 400 else status_errors
+    used = cpu_used(before, after, target.parts)
     return Result(
         target=target.name,
-        server=target.server.label,
+        server=target.label,
         via=via,
         scenario=scenario,
         seconds=summary["duration_us"] / 1e6,
@@ -130,7 +159,32 @@ def measure(target: Target, via: str, scenario: str, seconds: float, warmup: flo
             "read": summary["read_errors"],
             "write": summary["write_errors"],
             "timeout": summary["timeouts"],
+            "digests_exhausted": summary.get("exhausted", 0),  # cold: raise --cold-rate
         },
-        cpu_us_per_request={p: round((after[p] - before[p]) / n * 1e6, 1) for p in PARTS},
-        rss_mib=rss_mib(target),
+        cpu_us_per_request={p: round(s / n * 1e6, 1) for p, s in used.items()},
+        rss_mib=target.rss_mib(),
+        warmup_requests=warmed,
     )
+
+
+def cpu_times(procs: Iterable[tuple[str, psutil.Process]]) -> CpuTimes:
+    """(part, pid) -> CPU seconds so far, for the given (part, process) pairs still running."""
+    found = {}
+    for part, proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        found[(part, proc.pid)] = t.user + t.system
+    return found
+
+
+def rss(procs: Iterable[psutil.Process]) -> list[float]:
+    """Resident MiB of each of the processes still running."""
+    out = []
+    for proc in procs:
+        try:
+            out.append(proc.memory_info().rss / MIB)
+        except psutil.NoSuchProcess:
+            continue
+    return out

@@ -11,6 +11,11 @@ from pathlib import Path
 from bench.measure import Result
 
 
+def column(part: str) -> str:
+    """The medians' column of a part's CPU per request, e.g. log_writers_cpu_us."""
+    return f"{part.replace(' ', '_')}_cpu_us"
+
+
 def medians(results: Iterable[Result]) -> list[dict]:
     """One row per (target, server, via, scenario): the medians of its valid runs."""
     groups: dict[tuple, list[Result]] = defaultdict(list)
@@ -24,17 +29,22 @@ def medians(results: Iterable[Result]) -> list[dict]:
         def med(values: Iterable[float]) -> float:
             return round(statistics.median(values), 3)
 
-        rows.append({
+        parts = list(dict.fromkeys(p for r in use for p in r.cpu_us_per_request))
+        row = {
             "target": target, "server": server, "via": via, "scenario": scenario,
             "runs": len(runs), "valid_runs": len(valid),
             "rps": med(r.rps for r in use),
             "p50_ms": med(r.p50_ms for r in use),
             "p99_ms": med(r.p99_ms for r in use),
-            "app_cpu_us": med(r.cpu_us_per_request["app"] for r in use),
-            "nginx_cpu_us": med(r.cpu_us_per_request["nginx"] for r in use),
-            "redis_cpu_us": med(r.cpu_us_per_request["redis"] for r in use),
-            "worker_rss_mib": max(r.rss_mib["app_worker_max"] for r in use),
-        })  # fmt: skip
+            **{column(p): med(r.cpu_us_per_request.get(p, 0) for r in use) for p in parts},
+            "total_cpu_us": med(sum(r.cpu_us_per_request.values()) for r in use),
+            "worker_rss_mib": max(r.rss_mib.get("app_worker_max", 0) for r in use),
+        }  # fmt: skip
+        traced = [r.traces() for r in use if r.traces()]
+        for key in ("spans_per_s", "traced_rps", "traced_share"):
+            if traced:
+                row[key] = med(t[key] for t in traced)
+        rows.append(row)
     return rows
 
 
@@ -97,8 +107,91 @@ def plot(path: Path, comparison: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
+    """--mode shipped: make run against the reference per scenario, the ceiling, the CPU per
+    request by part, and the traces exported."""
+    by = {(r["target"], r["scenario"]): r for r in rows}
+    comparison = []
+    for (target, scenario), ours in by.items():
+        ref = by.get(("reference", scenario))
+        if target != "ours" or ref is None:
+            continue
+        comparison.append({
+            "via": ours["via"], "scenario": scenario,
+            "ours_rps": ours["rps"], "reference_rps": ref["rps"],
+            "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
+            "ours_p50_ms": ours["p50_ms"], "reference_p50_ms": ref["p50_ms"],
+            "ours_p99_ms": ours["p99_ms"], "reference_p99_ms": ref["p99_ms"],
+            "ours_cpu_us": ours["total_cpu_us"], "reference_cpu_us": ref["total_cpu_us"],
+        })  # fmt: skip
+    ceiling = []
+    hot = by.get(("ours", "hot"))
+    for name in ("ceiling-log", "ceiling-nolog"):
+        bare = by.get((name, "hot"))
+        if bare is None:
+            continue
+        ceiling.append({
+            "ceiling": bare["server"], "rps": bare["rps"], "p50_ms": bare["p50_ms"],
+            "p99_ms": bare["p99_ms"], "nginx_cpu_us": bare["nginx_cpu_us"],
+            "ours_hot_rps": hot["rps"] if hot else None,
+            "ours_per_ceiling": round(hot["rps"] / bare["rps"], 4) if hot and bare["rps"]
+            else None,
+        })  # fmt: skip
+    tables = {"comparison": comparison, "ceiling": ceiling}
+    for target in ("ours", "reference"):
+        mine = [r for r in rows if r["target"] == target]
+        cpu = [k for k in (mine[0] if mine else {}) if k.endswith("_cpu_us")]
+        tables[f"cpu_{target}"] = [{"scenario": r["scenario"], "rps": r["rps"],
+                                    **{k: r[k] for k in cpu}} for r in mine]  # fmt: skip
+    tables["traces"] = [
+        {"scenario": r["scenario"], "rps": r["rps"],
+         **{k: r[k] for k in ("spans_per_s", "traced_rps", "traced_share") if k in r}}
+        for r in rows if r["target"] == "ours"
+    ]  # fmt: skip
+    return tables
+
+
+def section(title: str, rows: list[dict]) -> list[str]:
+    """A titled table, or nothing for no rows."""
+    if not rows:
+        return []
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [title, "", table(rows, columns), ""]
+
+
+def shipped_markdown(document: dict) -> str:
+    """The tables of a --mode shipped run."""
+    settings = document["settings"]
+    out = [f"Run of {document['started']}: ours `{document['ours_server']}` (make run as "
+           f"shipped), reference `{document['reference_server']}`, "
+           f"{settings['reps']} repetitions of {settings['seconds']} s after "
+           f"{settings['warmup']} s of warm-up, wrk with {settings['connections']} "
+           "connections, through the TLS edge.", ""]  # fmt: skip
+    out += section("ours / reference:", document["comparison"])
+    out += section("GET hot against a bare nginx answering the same body (the ceiling):",
+                   document.get("ceiling", []))  # fmt: skip
+    out += section("make run, CPU µs per request by part:", document.get("cpu_ours", []))
+    out += section("reference, CPU µs per request by part:", document.get("cpu_reference", []))
+    out += section("traces exported by make run (a traced request: one server span):",
+                   document.get("traces", []))  # fmt: skip
+    if "make_run_idle_cpu_cores" in document:
+        out += [f"make run's CPU while the others ran (monitoring, mostly): "
+                f"{document['make_run_idle_cpu_cores']} cores", ""]  # fmt: skip
+    if "trace_totals" in document:
+        t = document["trace_totals"]
+        out += [f"over all of make run's runs (warm-ups included): {t['spans']} spans, "
+                f"{t['server_spans']} traced requests of {t['requests']} "
+                f"(traced share {t['traced_share']})", ""]  # fmt: skip
+    out += section("reference_sweep:", document.get("reference_sweep", []))
+    if "soak" in document:
+        out += section(f"soak ({document['soak']['minutes']} min):", document["soak"]["samples"])
+    return "\n".join(out)
+
+
 def markdown(document: dict) -> str:
     """The tables docs/performance.md shows, from a results file."""
+    if document.get("mode") == "shipped":
+        return shipped_markdown(document)
     out = [f"Run of {document['started']}: ours `{document['ours_server']}`, reference "
            f"`{document['reference_server']}` (its best in the sweep), "
            f"{document['settings']['reps']} repetitions of {document['settings']['seconds']} s, "

@@ -30,15 +30,15 @@ from native.harness import free_port, redis_executor
 from native.otlp_receiver import start_receiver
 from service import logs, metrics, telemetry
 
-# name: (what is left out, sampler)
+# name: (what is left out, sampler, other settings)
 VARIANTS = {
-    "all signals, 10% traced (default)": ((), ""),
-    "all signals, 100% traced": ((), "always_on"),
-    "all signals, none traced (the sampling decision only)": ((), "always_off"),
-    "no tracing": (("tracing",), ""),
-    "no tracing, no access log": (("tracing", "access log"), ""),
-    "no tracing, no access log, no request metrics": (("tracing", "access log", "metrics"), ""),
-    "nothing (no request id either)": (("tracing", "access log", "metrics", "request id"), ""),
+    "as shipped (traces: 1/s per process + 1%; the edge writes the access line)": ((), "", {}),
+    "and the app's own access line (APP_ACCESS_LOG=true)": ((), "", {"APP_ACCESS_LOG": "true"}),
+    "every request traced": ((), "parentbased_always_on", {}),
+    "none traced (the sampling decision only)": ((), "always_off", {}),
+    "no tracing": (("tracing",), "", {}),
+    "no tracing, no request metrics": (("tracing", "metrics"), "", {}),
+    "nothing (no request id either)": (("tracing", "metrics", "request id"), "", {}),
 }
 
 
@@ -49,12 +49,9 @@ def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
         if "tracing" in parts:
             stack.enter_context(mock.patch("service.telemetry.instrument_app", mock.Mock()))
             stack.enter_context(mock.patch("service.telemetry.client_tracer", lambda: None))
-        if "access log" in parts:
-            stack.enter_context(mock.patch("service.logs.init_app", lambda app: None))
         if "request id" in parts:
             stack.enter_context(mock.patch("service.request_id.init_app", lambda app: None))
         if "metrics" in parts:
-            # (the access line reads the request's start from it: always left out before)
             stack.enter_context(mock.patch("service.metrics.RequestMetrics.init_app", mock.Mock()))
         yield
 
@@ -67,9 +64,9 @@ def build_apps(redis_url: str) -> dict[str, Callable]:
     from bench.reference_app import app as reference
 
     apps: dict[str, Callable] = {"reference": reference.wsgi_app}
-    for name, (parts, sampler) in VARIANTS.items():
+    for name, (parts, sampler, settings) in VARIANTS.items():
         with leaving_out(parts), mock.patch.dict(os.environ, {"OTEL_TRACES_SAMPLER": sampler}):
-            app = create_app({"REDIS_URL": redis_url})
+            app = create_app({"REDIS_URL": redis_url, **settings})
         apps[name] = app.wsgi_app
     return apps
 
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 for handler in logging.getLogger().handlers:
                     handler.setStream(devnull)
-                apps = build_apps(redis_url)  # the access line writes to stdout as it is now
+                apps = build_apps(redis_url)
                 digest = _stored_digest(apps["reference"])
                 results = _measure(apps, args, digest)
                 telemetry.shutdown()  # the last spans, while the sink listens

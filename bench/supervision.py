@@ -20,23 +20,37 @@ import psutil
 from bench.measure import WRK_SCRIPT
 from native.make_run import MakeRun, make_run_env
 
-# Which part of the stack a process is, by its name (the first that matches).
+# Which part of the stack a process is, by its program's name (the first that matches):
+# make run's Python and finish scripts count as supervision, and a log service's shell
+# (`/bin/sh ./run <component>/log`) with its log writers.
 KINDS = (
     ("supervisor", ("s6-svscan", "s6-supervise")),
-    ("log writers", ("s6-log", "sed")),
-    ("app", ("gunicorn", "python")),
+    ("log writers", ("s6-log", "sed", "run")),
     ("nginx", ("nginx",)),
     ("redis", ("redis-server",)),
 )
+SUPERVISOR_MODULES = ("native.run", "native.finish")
+APP_MODULES = ("service.serve", "gunicorn")
+PARTS = ("supervisor", "log writers", "app", "nginx", "redis", "monitoring")
+
+
+def kind_from(name: str, cmdline: list[str]) -> str:
+    """supervisor, log writers, app, nginx, redis, or monitoring, from a process's name (as
+    psutil gives it) and command line. Exact names: prometheus-nginx-exporter is monitoring."""
+    for kind, names in KINDS:
+        if name in names:
+            return kind
+    if name.startswith("python") or name == "gunicorn":
+        if any(m in cmdline for m in SUPERVISOR_MODULES):
+            return "supervisor"
+        if any(m in arg for arg in cmdline for m in APP_MODULES):
+            return "app"
+    return "monitoring"
 
 
 def kind_of(proc: psutil.Process) -> str:
-    """supervisor, log writers, app, nginx, redis, or monitoring."""
-    text = " ".join(proc.cmdline()) or proc.name()
-    for kind, names in KINDS:
-        if any(name in text for name in names):
-            return kind
-    return "monitoring"
+    """The kind of a running process (see kind_from)."""
+    return kind_from(proc.name(), proc.cmdline())
 
 
 def cpu_seconds(run: MakeRun) -> dict[int, tuple[str, float]]:

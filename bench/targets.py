@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import redis
 import requests
 
+from bench.measure import CpuTimes, cpu_times, rss
 from native.harness import CERT, Stack, make_stack
 from native.stack import ROOT, Process
 
@@ -58,6 +60,12 @@ class Target:
     name: str  # "ours" or "reference"
     server: ServerConfig
     stack: Stack
+    parts: tuple[str, ...] = ("app", "nginx", "redis")
+
+    @property
+    def label(self) -> str:
+        """Its process model, e.g. "sync 3"."""
+        return self.server.label
 
     def url(self, via: str) -> str:
         """Base URL through the TLS edge or straight to gunicorn."""
@@ -74,13 +82,39 @@ class Target:
         """The gunicorn workers (the master's children)."""
         return psutil.Process(self.stack.executors["app"].process.pid).children()
 
+    def cpu_seconds(self) -> CpuTimes:
+        """CPU time used so far by each part's processes."""
+        return cpu_times((part, p) for part in self.parts for p in self.processes(part))
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory: the largest app worker, all of the app, nginx and Redis."""
+        return {
+            "app_worker_max": round(max(rss(self.workers()), default=0), 1),
+            "app_total": round(sum(rss(self.processes("app"))), 1),
+            "nginx": round(sum(rss(self.processes("nginx"))), 1),
+            "redis": round(sum(rss(self.processes("redis"))), 1),
+        }
+
+    def redis(self) -> redis.Redis:
+        """A client of its Redis."""
+        return self.stack.redis
+
     def stop(self) -> None:
         """Stop its processes."""
         self.stack.stop()
 
 
 def _reference_app(proc: Process) -> Process:
-    """Swap the service's gunicorn for the reference app's, on the same address and Redis."""
+    """Swap the service's gunicorn for the reference app's, on the same address and Redis;
+    its nginx is the same but for the message cache, which is the service's own work (and
+    whose lock would only hold up the reference's concurrent reads, which it never stores)."""
+    if proc.name == "nginx":
+        conf = Path(proc.argv[proc.argv.index("-c") + 1])
+        text = conf.read_text()
+        if "proxy_cache messages;" not in text:
+            raise RuntimeError(f"{conf}: no proxy_cache to leave out of the reference's edge")
+        conf.write_text(text.replace("proxy_cache messages;", "proxy_cache off;"))
+        return proc
     if proc.name != "app":
         return proc
     password = Path(proc.env["REDIS_PASSWORD_FILE"]).read_text().strip()

@@ -17,7 +17,15 @@ import redis
 import requests
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
-from native.stack import DEFAULT_PORTS, ROOT, Process, StackConfig, processes, redis_instance_config
+from native.stack import (
+    DEFAULT_PORTS,
+    ROOT,
+    Process,
+    StackConfig,
+    processes,
+    redis_instance_config,
+    remove_edge_cache,
+)
 
 CERT = str(ROOT / "localhost.crt")
 START_TIMEOUT = 60
@@ -128,6 +136,7 @@ class Stack:
         """Stop every process, the edge first."""
         for ex in reversed(self.executors.values()):
             ex.stop()
+        remove_edge_cache(self.cfg)
 
 
 CORE = ("redis", "app", "nginx")

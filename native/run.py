@@ -28,7 +28,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from native import supervise
 from native.finish import say
-from native.stack import Process, StackConfig, processes, redis_data_dir
+from native.stack import Process, StackConfig, processes, redis_data_dir, remove_edge_cache
 from native.supervise import scan_dir
 
 READY_TIMEOUT = 120  # seconds for every component to answer after a start
@@ -184,6 +184,7 @@ def serve(cfg: StackConfig, procs: list[Process]) -> int:
         if supervisor.poll() is None:  # make run itself failed: leave nothing behind
             supervise.stop_supervisor(scan)
             supervisor.wait(timeout=STOP_TIMEOUT)
+    remove_edge_cache(cfg)
     if stopping:
         say("make run", "stopped")
         return 0

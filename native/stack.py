@@ -6,9 +6,11 @@ start exactly the same processes from the same config files as docker compose.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -25,8 +27,10 @@ NGINX_TEMPLATE_VARS = (
     "EDGE_LISTEN", "APP_UPSTREAM_SERVERS", "APP_BACKEND", "APP_RESOLVER", "TLS_CERT",
     "TLS_KEY", "NGINX_RUN_DIR", "NGINX_USER", "MAX_BODY_BYTES", "RATE_LIMIT_RPS",
     "RATE_LIMIT_BURST", "EDGE_STATUS_LISTEN", "EDGE_METRICS_LOG", "TRACE_CONTEXT_TRUSTED",
+    "EDGE_CACHE_DIR", "EDGE_CACHE_MAX_SIZE",
 )  # fmt: skip
 NO_NETWORK = "0.0.0.0/32"  # TRACE_CONTEXT_TRUSTED's default: trust no one
+EDGE_CACHE_MAX_SIZE = "256m"  # the edge's message cache on disk (docker-compose.yml too)
 MONITORING = ROOT / "monitoring"
 PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 ALERTMANAGER_TEMPLATE = MONITORING / "alertmanager" / "alertmanager.yml.template"
@@ -167,6 +171,7 @@ class StackConfig:
             "GIT_REVISION": git_revision(),
             **self.env,
             "APP_BIND": f"127.0.0.1:{self.app_port(instance)}",
+            "APP_SOCKET": str(app_socket(self, instance) or ""),
             "METRICS_BIND": f"127.0.0.1:{self.app_port(instance, 'app_metrics')}",
             # A cluster client learns every node from the first.
             "REDIS_URL": f"redis://{self.address('redis')}/0",
@@ -226,7 +231,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
         "EDGE_LISTEN": cfg.address("edge"),
-        "APP_UPSTREAM_SERVERS": upstream_servers(app_addresses(cfg)),
+        "APP_UPSTREAM_SERVERS": upstream_servers(app_upstreams(cfg)),
         "APP_BACKEND": "app",  # the upstream group: fixed addresses, no resolver
         "APP_RESOLVER": "",
         "TLS_CERT": str(ROOT / "localhost.crt"),
@@ -241,7 +246,38 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
         "EDGE_STATUS_LISTEN": cfg.address("edge_status"),
         "EDGE_METRICS_LOG": str(edge_metrics_log(cfg)),
         "TRACE_CONTEXT_TRUSTED": cfg.env.get("TRACE_CONTEXT_TRUSTED") or NO_NETWORK,
+        "EDGE_CACHE_DIR": str(edge_cache_dir(cfg)),
+        "EDGE_CACHE_MAX_SIZE": cfg.env.get("EDGE_CACHE_MAX_SIZE") or EDGE_CACHE_MAX_SIZE,
     }
+
+
+SHARED_MEMORY = Path("/dev/shm")  # noqa: S108 (ours only: see own_edge_cache_dir)
+
+
+def edge_cache_dir(cfg: StackConfig) -> Path:
+    """nginx's message cache: in shared memory (tmpfs) when there is one, because writing a
+    new entry to disk cost nginx 150-500 µs of CPU per first read here (ext4), a third of
+    that in tmpfs (docs/performance.md). Bounded by EDGE_CACHE_MAX_SIZE; removed when make
+    run stops (the messages stay in Redis). One folder per state folder."""
+    if not os.access(SHARED_MEMORY, os.W_OK):
+        return cfg.state_dir / "nginx" / "cache"
+    tag = hashlib.sha256(str(cfg.state_dir).encode()).hexdigest()[:16]
+    return SHARED_MEMORY / f"message-service-edge-cache-{tag}"
+
+
+def own_edge_cache_dir(cfg: StackConfig) -> None:
+    """Make the cache folder, ours alone: /dev/shm is shared, and a folder another user made
+    there in advance (the name is predictable) must not receive our messages."""
+    folder = edge_cache_dir(cfg)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.geteuid():
+        raise RuntimeError(f"{folder} is not this user's own folder: remove it")
+    folder.chmod(0o700)
+
+
+def remove_edge_cache(cfg: StackConfig) -> None:
+    """Free the memory the edge's cache holds (nginx has stopped)."""
+    shutil.rmtree(edge_cache_dir(cfg), ignore_errors=True)
 
 
 def upstream_servers(addresses: list[str]) -> str:
@@ -370,6 +406,27 @@ def app_addresses(cfg: StackConfig, kind: str = "app") -> list[str]:
     return [f"127.0.0.1:{cfg.app_port(i, kind)}" for i in range(1, cfg.app_instances + 1)]
 
 
+# Longest path a Unix socket address holds (sockaddr_un's sun_path, with its final NUL).
+MAX_SOCKET_PATH = 107
+
+
+def app_socket(cfg: StackConfig, instance: int) -> Path | None:
+    """The Unix socket app instance k listens on beside its TCP port, for nginx: cheaper per
+    request than loopback TCP (docs/performance.md). None if the state folder's path is too
+    long for one: nginx then uses the TCP port."""
+    path = cfg.state_dir / "run" / f"app-{instance}.sock"
+    return path if len(str(path).encode()) <= MAX_SOCKET_PATH else None
+
+
+def app_upstreams(cfg: StackConfig) -> list[str]:
+    """Where nginx reaches each app instance: its Unix socket, or else its TCP port."""
+    found = []
+    for i, address in enumerate(app_addresses(cfg), start=1):
+        socket = app_socket(cfg, i)
+        found.append(f"unix:{socket}" if socket else address)
+    return found
+
+
 def redis_addresses(cfg: StackConfig) -> list[str]:
     """host:port of every Redis instance: the one, or each cluster node."""
     nodes = 1 if cfg.redis_topology == "single" else CLUSTER_NODES
@@ -412,6 +469,8 @@ def processes(cfg: StackConfig) -> list[Process]:
 def service_processes(cfg: StackConfig) -> list[Process]:
     """Redis, the app instances and nginx: what serves the API."""
     redis_auth_conf = redis_auth_config(cfg)
+    (cfg.state_dir / "run").mkdir(parents=True, exist_ok=True)  # the app's Unix sockets
+    own_edge_cache_dir(cfg)
     nginx_conf = render_nginx(cfg)
     env = dict(cfg.env)
     port = cfg.ports

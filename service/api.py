@@ -15,6 +15,10 @@ from service.store import MessageStore, StoreFull, StoreUnavailable
 bp = Blueprint("messages", __name__)
 
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+# A digest names its content forever: a message may be kept as long as anyone likes. The
+# edge's cache (nginx.conf.template) stores it, and sends the same Cache-Control from there.
+IMMUTABLE = "public, max-age=31536000, immutable"
+_IF_NONE_MATCH = "HTTP_IF_NONE_MATCH"  # WSGI environ key
 
 
 class ApiError(Exception):
@@ -56,10 +60,19 @@ def get_message(digest: str) -> Response:
     """Answer the message stored under a digest (either case)."""
     if not _DIGEST.fullmatch(digest):
         raise ApiError(400, "Digest must be 64 hexadecimal characters (SHA-256)")
-    data = _store().get(digest.lower())
+    key = digest.lower()
+    data = _store().get(key)
     if data is None:  # answered here, not raised: a miss is common, not exceptional
         return _error(404, "Message not found")
-    return jsonify(message=data.decode("utf-8"))
+    # If-None-Match compares weakly (RFC 9110, 13.1.2): W/"<digest>" and * match too.
+    if _IF_NONE_MATCH in request.environ and request.if_none_match.contains_weak(key):
+        response = current_app.response_class(status=304)
+        del response.headers["Content-Type"]  # no content to describe
+    else:
+        response = jsonify(message=data.decode("utf-8"))
+    response.headers.add("ETag", f'"{key}"')  # strong: the bytes follow from the digest
+    response.headers.add("Cache-Control", IMMUTABLE)
+    return response
 
 
 def _read_message(max_message_bytes: int) -> bytes:

@@ -50,7 +50,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["message_store"] = store
     telemetry.instrument_app(app)  # first: its span must exist when the request id is set
     request_id.init_app(app)
-    logs.init_app(app)
+    logs.init_app(app, settings.access_log)
     health.init_app(app)
     api.init_app(app)
     return app

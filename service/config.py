@@ -25,6 +25,18 @@ def _get(env: Mapping[str, Any], name: str, default: Any, kind: type) -> Any:
     return value
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, Any], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in TRUE + FALSE:
+        raise ValueError(f"setting {name}={raw!r}: one of {', '.join(TRUE + FALSE)}")
+    return raw in TRUE
+
+
 def _redis_password(env: Mapping[str, Any]) -> str | None:
     """REDIS_PASSWORD_FILE (a secret file, preferred) or REDIS_PASSWORD; None: no password."""
     path = env.get("REDIS_PASSWORD_FILE")
@@ -75,6 +87,8 @@ class Settings:
     max_body_bytes: int = 4 * MIB
     revision: str = "unknown"
     deployment_environment: str = "development"  # in traces: deployment.environment.name
+    # The app's own line per request: nginx writes one for every request already.
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None) -> Settings:
@@ -101,6 +115,7 @@ class Settings:
             deployment_environment=_get(
                 env, "DEPLOYMENT_ENVIRONMENT", d.deployment_environment, str
             ),
+            access_log=_flag(env, "APP_ACCESS_LOG", d.access_log),
         )
         if settings.max_body_bytes < settings.max_message_bytes:
             raise ValueError("MAX_BODY_BYTES must be at least MAX_MESSAGE_BYTES")
@@ -166,9 +181,12 @@ def available_cpus(root: Path = CGROUP_ROOT, membership: str | None = None) -> i
 
 
 def default_workers() -> int:
-    """Gunicorn's rule for sync workers: two per usable CPU plus one. Each serves one request
-    at a time, and nginx buffers whole requests, so a slow client never holds one."""
-    return 2 * available_cpus() + 1
+    """One sync worker per usable CPU, plus one for the moments a worker waits on Redis. Each
+    serves one request at a time, and nginx buffers whole requests and answers repeated reads
+    from its cache, so a worker rarely waits: gunicorn's "2 * CPUs + 1" (for workers that
+    wait on I/O) served 10-20% fewer requests per second on a host shared with nginx and
+    Redis (docs/performance.md)."""
+    return available_cpus() + 1
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,9 @@ class ServerSettings:
     """How gunicorn runs the app: address, process model, shutdown."""
 
     bind: str = "0.0.0.0:8000"
+    # Also listen on this Unix socket ("": none), for an nginx on the same host: cheaper per
+    # request than loopback TCP for both (docs/performance.md). make run sets it.
+    socket: str = ""
     metrics_bind: str = "0.0.0.0:9101"
     workers: int = field(default_factory=default_workers)
     # sync: `make bench` measured it cheaper per request than gthread for this app, and
@@ -191,6 +212,11 @@ class ServerSettings:
         return self.threads if self.worker_class == "gthread" else 1
 
     @property
+    def binds(self) -> list[str]:
+        """gunicorn's listen addresses: APP_BIND, and the Unix socket if there is one."""
+        return [self.bind, *([f"unix:{self.socket}"] if self.socket else [])]
+
+    @property
     def capacity(self) -> int:
         """Requests one app instance serves at once."""
         return self.workers * self.threads_per_worker
@@ -202,6 +228,7 @@ class ServerSettings:
         d = cls()
         return cls(
             bind=_get(env, "APP_BIND", d.bind, str),
+            socket=_get(env, "APP_SOCKET", d.socket, str),
             metrics_bind=_get(env, "METRICS_BIND", d.metrics_bind, str),
             workers=max(1, _get(env, "WEB_CONCURRENCY", d.workers, int)),
             worker_class=_worker_class(env, d.worker_class),

@@ -22,7 +22,7 @@ cache_pid_for_multiprocess_values()  # before any metric value exists, in any pr
 
 _server = ServerSettings.from_env()
 
-bind = _server.bind
+bind = _server.binds
 workers = _server.workers
 # nginx buffers whole requests, so a worker never waits on a slow client (either class).
 worker_class = _server.worker_class

@@ -1,23 +1,20 @@
 """JSON logs: one object per line, carrying the request id and trace context of the request
-being served, and one access line per request.
+being served. Every line goes through the standard library's logging (gunicorn's included),
+formatted by python-json-logger.
 
-Every line but the access line goes through the standard library's logging (gunicorn's
-included), formatted by python-json-logger. The access line, written for every request, goes
-through structlog straight to stdout as bytes, with the same fields: the standard library's
-records, filters and formatter cost three times as much per line (docs/performance.md)."""
+The edge (nginx) writes the access line of every request, with the request id, the upstream
+timings and, for a traced request, its trace id (from the app's `traceresponse` header: see
+telemetry.py). The app logs what the edge cannot see: warnings and errors, with the request
+and trace ids. Its own access line, a duplicate of the edge's, is off unless APP_ACCESS_LOG
+asks for it (a deployment without nginx)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from time import perf_counter
-from typing import Any, BinaryIO
+from typing import Any
 
-import orjson
-import structlog
 from flask import Flask, Response, g, has_request_context, request
 from gunicorn.glogging import Logger as GunicornLogger
 from opentelemetry import trace
@@ -57,7 +54,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "filters": {"request_context": {"()": RequestContext}},
         "formatters": {
             "json": {
-                # orjson: the access line is written for every request (docs/performance.md).
+                # orjson: the cheapest of its formatters per line (docs/performance.md).
                 "()": "pythonjsonlogger.orjson.OrjsonFormatter",
                 "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
                 "timestamp": "time",  # ISO 8601, UTC, microseconds
@@ -94,60 +91,35 @@ def lighten_records() -> None:
 
 
 class NoAccessLogger(GunicornLogger):
-    """Gunicorn's logger without gunicorn's access log: nginx and the app each write one line
-    per request, and gunicorn builds its own line's fields for every request whenever a
+    """Gunicorn's logger without gunicorn's access log: nginx writes one line per request (and
+    the app, if asked), and gunicorn builds its own line's fields for every request whenever a
     logging config is set, even with no access log to write them to."""
 
     def access(self, resp, req, environ, request_time) -> None:
         """Nothing: see the class."""
 
 
-def _add_request_context(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    event.update(request_context())
-    return event
-
-
-def _add_time(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    # As python-json-logger writes it for every other line (structlog's own ends in "Z").
-    event["time"] = datetime.now(UTC).isoformat()
-    return event
-
-
-def access_logger(stream: BinaryIO) -> Any:
-    """A structlog logger writing access lines as JSON to the given stream, with the fields
-    of every other line. Made in each worker, after the fork (create_app), for its pid."""
-    return structlog.wrap_logger(
-        structlog.BytesLogger(stream),
-        cache_logger_on_first_use=True,
-        processors=[
-            _add_request_context,
-            structlog.processors.EventRenamer("message"),
-            _add_time,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-    ).bind(level="INFO", logger=ACCESS_LOGGER, pid=os.getpid())
-
-
-def _access_line(logger: Any) -> Callable[[Response], Response]:
+def _access_line(logger: logging.Logger) -> Callable[[Response], Response]:
     def log_access(response: Response) -> Response:
         req = request._get_current_object()  # type: ignore[attr-defined]
         # Digests and sizes only: message text never reaches a log line.
-        logger.info(
-            "request",
-            method=req.method,
-            route=route_of(req),
-            path=req.path,
-            status=response.status_code,
-            duration_ms=round((perf_counter() - request_started(req.environ)) * 1000, 3),
-            request_bytes=req.content_length or 0,
-            response_bytes=response.calculate_content_length() or 0,
-        )
+        fields = {
+            "method": req.method,
+            "route": route_of(req),
+            "path": req.path,
+            "status": response.status_code,
+            "duration_ms": round((perf_counter() - request_started(req.environ)) * 1000, 3),
+            "request_bytes": req.content_length or 0,
+            "response_bytes": response.calculate_content_length() or 0,
+        }
+        logger.info("request", extra=fields)
         return response
 
     return log_access
 
 
-def init_app(app: Flask) -> None:
-    """Write one access line per request."""
-    app.after_request(_access_line(access_logger(sys.stdout.buffer)))
+def init_app(app: Flask, access_log: bool) -> None:
+    """With access_log, write one access line per request (for deployments without nginx,
+    whose JSON line per request already says what this one would)."""
+    if access_log:
+        app.after_request(_access_line(logging.getLogger(ACCESS_LOGGER)))

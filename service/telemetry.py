@@ -10,7 +10,9 @@ The sampling decision comes first: a request that is not sampled never enters th
 instrumentation, which otherwise does most of its work (attributes, context, a non-recording
 span) before the sampler has its say, and its Redis calls go through a Redis client without
 instrumentation (the store keeps one of each: see client_tracer). Benchmarked in
-docs/performance.md.
+docs/performance.md. The sampler is the one OTEL_TRACES_SAMPLER(_ARG) name, found as the SDK
+finds it (see sampler_from_env); by default a budget per worker process, 1 trace a second
+plus 1% of the requests beyond it (parentbased_ratelimited: service/sampling.py).
 
 Spans carry the stable semantic-convention names (http.request.method, url.path,
 db.system.name, db.query.text, server.address, ...) unless OTEL_SEMCONV_STABILITY_OPT_IN says
@@ -26,9 +28,10 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation import _semconv
@@ -38,13 +41,7 @@ from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_ENVIRONMENT_NAME
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_VERSION
 from opentelemetry.util.http import parse_excluded_urls
@@ -65,18 +62,21 @@ SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 DEFAULT_SEMCONV_OPT_IN = "http,database"
 # Health checks are polled constantly and /metrics never reaches the app: not worth a trace.
 EXCLUDED_URLS = "healthz,readyz,metrics"
-# One request in ten starts a trace, unless OTEL_TRACES_SAMPLER(_ARG) say otherwise; a
-# trusted caller's trace context (see nginx.conf.template) decides for its own requests.
-DEFAULT_SAMPLER = "parentbased_traceidratio"
-DEFAULT_SAMPLER_ARG = "0.1"
-SAMPLERS: dict[str, Callable[[float], Sampler]] = {
-    "always_on": lambda _: ALWAYS_ON,
-    "always_off": lambda _: ALWAYS_OFF,
-    "traceidratio": TraceIdRatioBased,
-    "parentbased_always_on": lambda _: ParentBased(ALWAYS_ON),
-    "parentbased_always_off": lambda _: ParentBased(ALWAYS_OFF),
-    "parentbased_traceidratio": lambda ratio: ParentBased(TraceIdRatioBased(ratio)),
-}
+# Tracing's cost bounded by a rate, not a ratio (service/sampling.py), unless
+# OTEL_TRACES_SAMPLER(_ARG) say otherwise: per process, 1 trace a second plus 1% of the
+# requests beyond it. At low traffic (under a request a second per worker: development, a
+# quiet hour) every request is traced, and under load the cost hardly grows: at 3,000
+# requests a second over 5 workers, ~35 traces a second (5 + 1% of the rest) where a fixed
+# 10% made 300, at 740-800 µs each (docs/performance.md). A trusted caller's trace context
+# (see nginx.conf.template) decides for its own requests, and does not draw on the budget.
+DEFAULT_SAMPLER = "parentbased_ratelimited"
+DEFAULT_SAMPLER_ARG = "1,0.01"  # traces a second per process, ratio of the rest
+# Where OTEL_TRACES_SAMPLER's names are found, as the SDK finds them: the SDK's own samplers,
+# ours (pyproject.toml), and those of any package the operator installs.
+SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
+# The SDK hands these a float (its default 1.0 when no argument is given), all others the
+# OTEL_TRACES_SAMPLER_ARG string, or None (opentelemetry.sdk._configuration._import_sampler).
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 # Whether the request being served was sampled: a context variable, not a lookup through
 # Flask's request proxy, because the hooks that read it run on every request.
 _traced: contextvars.ContextVar[bool] = contextvars.ContextVar("messages_traced", default=False)
@@ -94,14 +94,42 @@ def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def sampler_from_env(env: Mapping[str, str] = os.environ) -> Sampler:
-    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name (the SDK's names)."""
-    name = (env.get("OTEL_TRACES_SAMPLER") or DEFAULT_SAMPLER).strip().lower()
-    if name not in SAMPLERS:
-        raise ValueError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}")
-    ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG") or DEFAULT_SAMPLER_ARG)
-    if not 0 <= ratio <= 1:
-        raise ValueError("OTEL_TRACES_SAMPLER_ARG must be between 0 and 1")
-    return SAMPLERS[name](ratio)
+    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name, chosen as the SDK
+    chooses it (opentelemetry.sdk._configuration._import_sampler): the factory registered
+    under that name in the opentelemetry_traces_sampler entry-point group, called with the
+    argument. Empty counts as not given, as compose passes an unset variable. Where the SDK
+    logs a warning and falls back to its own default, a name or an argument that makes no
+    sense stops the start here."""
+    given = (env.get("OTEL_TRACES_SAMPLER") or "").strip() or DEFAULT_SAMPLER
+    found = entry_points(group=SAMPLER_ENTRY_POINTS)
+    # Exactly as registered, or the SDK's own names in any case (as its default sampler reads
+    # OTEL_TRACES_SAMPLER: opentelemetry.sdk.trace.sampling._get_from_env_or_default).
+    name = given if given in found.names else given.lower()
+    if name not in found.names:
+        raise ValueError(
+            f"OTEL_TRACES_SAMPLER={given!r}: no such sampler; installed: "
+            f"{', '.join(sorted(found.names))}"
+        )
+    arg: str | float | None = env.get("OTEL_TRACES_SAMPLER_ARG") or (
+        DEFAULT_SAMPLER_ARG if name == DEFAULT_SAMPLER else None
+    )
+    if name in RATIO_SAMPLERS:
+        try:
+            arg = 1.0 if arg is None else float(arg)
+        except ValueError:
+            raise ValueError(
+                f"OTEL_TRACES_SAMPLER_ARG={arg!r}: {name} takes a ratio between 0 and 1"
+            ) from None
+    factory = next(iter(found.select(name=name))).load()
+    try:
+        sampler = factory(arg)
+    except Exception as exc:
+        detail = str(exc) if "OTEL_TRACES_SAMPLER_ARG" in str(exc) else (
+            f"OTEL_TRACES_SAMPLER_ARG={arg!r}: {exc}")  # fmt: skip
+        raise ValueError(f"OTEL_TRACES_SAMPLER={name}: {detail}") from exc
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"OTEL_TRACES_SAMPLER={name}: {factory} made {sampler!r}, no Sampler")
+    return sampler
 
 
 def semconv_opt_in(env: Mapping[str, str] = os.environ) -> str:
@@ -186,6 +214,7 @@ def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
     _sample_first(app, sampler_from_env(env), excluded)
+    app.after_request(_add_traceresponse)
 
 
 def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
@@ -218,6 +247,18 @@ def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
         return plain_app(environ, start_response)
 
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+
+
+def _add_traceresponse(response: Response) -> Response:
+    """Name a traced request's trace in W3C Trace Context's `traceresponse` header: nginx logs
+    its trace id in the request's access line, and does not pass the header on to clients
+    (nginx.conf.template)."""
+    if _traced.get():
+        context = trace.get_current_span().get_span_context()
+        response.headers["traceresponse"] = (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        )
+    return response
 
 
 def _guard_hook(hooks: dict, qualname_prefix: str) -> None:

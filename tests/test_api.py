@@ -77,6 +77,74 @@ def test_unknown_digest_is_404(client):
     assert r.get_json() == {"err_msg": "Message not found"}
 
 
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("digest", [FOO_DIGEST, FOO_DIGEST.upper()])
+def test_a_message_is_cacheable_forever_with_its_digest_as_etag(client, method, digest):
+    post(client, {"message": "foo"})
+    r = client.open(f"/messages/{digest}", method=method)
+    assert r.status_code == 200
+    assert r.headers["Cache-Control"] == IMMUTABLE
+    assert r.headers["ETag"] == f'"{FOO_DIGEST}"'  # strong, one per message whatever the case
+    assert r.get_etag() == (FOO_DIGEST, False)
+
+
+@pytest.mark.parametrize(
+    "if_none_match",
+    [f'"{FOO_DIGEST}"', f'W/"{FOO_DIGEST}"', "*", f'"{"0" * 64}", W/"{FOO_DIGEST}"',
+     f'"x",  "{FOO_DIGEST}" ,"y"'],
+)  # fmt: skip
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_if_none_match_of_the_etag_is_304_without_a_body(client, method, if_none_match):
+    post(client, {"message": "foo"})
+    r = client.open(
+        f"/messages/{FOO_DIGEST}", method=method, headers={"If-None-Match": if_none_match}
+    )
+    assert r.status_code == 304
+    assert r.data == b""
+    assert r.headers["ETag"] == f'"{FOO_DIGEST}"'
+    assert r.headers["Cache-Control"] == IMMUTABLE
+    assert "Content-Type" not in r.headers
+    assert r.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize(
+    "if_none_match",
+    [f'"{"0" * 64}"', f'"{FOO_DIGEST.upper()}"', FOO_DIGEST[:-1], '""', f'"{FOO_DIGEST}x"'],
+)
+def test_if_none_match_of_another_tag_answers_the_message(client, if_none_match):
+    post(client, {"message": "foo"})
+    r = client.get(f"/messages/{FOO_DIGEST}", headers={"If-None-Match": if_none_match})
+    assert r.status_code == 200
+    assert r.get_json() == {"message": "foo"}
+
+
+def test_if_none_match_on_an_unknown_digest_is_404_without_cache_headers(client):
+    digest = "0" * 64
+    for header in ("*", f'"{digest}"'):
+        r = client.get(f"/messages/{digest}", headers={"If-None-Match": header})
+        assert r.status_code == 404
+        assert "ETag" not in r.headers
+        assert "Cache-Control" not in r.headers  # the edge says no-store
+
+
+def test_only_a_found_message_says_it_may_be_cached(client):
+    responses = [
+        post(client, {"message": "foo"}),
+        client.get(f"/messages/{'0' * 64}"),
+        client.get("/messages/zz"),
+        client.post(f"/messages/{FOO_DIGEST}"),
+        client.options(f"/messages/{FOO_DIGEST}"),
+        client.get("/healthz"),
+        client.get("/openapi.json"),
+    ]
+    for r in responses:
+        assert "Cache-Control" not in r.headers, r.request.path
+        assert "ETag" not in r.headers, r.request.path
+
+
 @pytest.mark.parametrize(
     "digest", ["abc", "g" * 64, "0" * 63, "0" * 65, FOO_DIGEST[:-1] + " ", "0x" + "0" * 62]
 )

@@ -110,7 +110,13 @@ def test_nginx_as_its_container_renders_it_passes_nginx_t(tmp_path):
         "NGINX_RUN_DIR": str(tmp_path),
         "NGINX_USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
         "EDGE_METRICS_LOG": str(tmp_path / "edge-metrics.log"),
+        "EDGE_CACHE_DIR": str(tmp_path / "cache"),  # the edge-cache volume
     }
+    assert env["EDGE_CACHE_DIR"] == "/run/nginx/cache"
+    assert "edge-cache:/run/nginx/cache" in nginx["volumes"] or any(
+        v.get("source") == "edge-cache" and v.get("target") == "/run/nginx/cache"
+        for v in nginx["volumes"] if isinstance(v, dict)
+    )  # fmt: skip
     rendered = subprocess.run(["envsubst", " ".join(names)], input=NGINX_TEMPLATE.read_text(),
                               env={**env, **mapped}, capture_output=True, text=True,
                               check=True).stdout  # fmt: skip

@@ -18,6 +18,7 @@ from native.stack import (
     ALERTMANAGER_TEMPLATE,
     ALERTMANAGER_TEMPLATE_VARS,
     BLACKBOX_CONFIG,
+    EDGE_CACHE_MAX_SIZE,
     NGINX_TEMPLATE,
     NGINX_TEMPLATE_VARS,
     PROMETHEUS_CONFIG,
@@ -105,6 +106,7 @@ def test_compose_defaults_match_the_code():
     assert compose_default(nginx_env["RATE_LIMIT_RPS"]) == str(native.rate_limit_rps)
     assert compose_default(nginx_env["RATE_LIMIT_BURST"]) == str(native.rate_limit_burst)
     assert nginx_env["EDGE_LISTEN"] == "5000"
+    assert compose_default(nginx_env["EDGE_CACHE_MAX_SIZE"]) == EDGE_CACHE_MAX_SIZE
     exporter = SERVICES["redis-exporter"]["command"][0]
     assert f"-connection-timeout {REDIS_EXPORTER_TIMEOUT} " in exporter
 

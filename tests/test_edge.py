@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import requests
 
+from native.stack import app_socket
 from tests.conftest import CERT
 
 pytestmark = pytest.mark.stack
@@ -197,7 +198,9 @@ def test_app_down_is_a_json_502(stack_factory):
 def test_app_hung_is_a_json_504(stack_factory):
     stack = stack_factory()
     stack.executors["app"].stop()
-    with socket.create_server(("127.0.0.1", stack.cfg.ports["app"])) as silent:
+    # Where nginx reaches the app: its Unix socket (see native/stack.py app_upstreams).
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(app_socket(stack.cfg, 1)))
         silent.listen(16)  # accepts, never answers: nginx's proxy_read_timeout applies
         r = stack.request("GET", "/healthz")
     assert_json_error(r, 504, "timed out")

@@ -64,6 +64,7 @@ def test_requests_spread_over_every_replica_and_follow_them_as_they_come_and_go(
             env = {
                 **app.env,
                 "APP_BIND": f"{address}:{app_port}",
+                "APP_SOCKET": "",  # as in compose: replicas are reached over TCP
                 "METRICS_BIND": f"127.0.0.1:{free_port()}",
                 "WEB_CONCURRENCY": "1",
             }

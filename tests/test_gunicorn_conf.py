@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import psutil
 import pytest
 import requests
 from mirakuru import HTTPExecutor
 
-from native.stack import StackConfig, processes
+from native.stack import StackConfig, app_socket, processes, render_nginx
 from tests.conftest import free_ports_env
 from tests.metrics_text import value
 
@@ -44,3 +46,29 @@ def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
     assert "store unavailable" in out.read_text()
     assert "Shutting down: Master" in out.read_text()
     assert err.read_text() == ""
+
+
+def test_natively_the_app_also_listens_on_a_unix_socket_that_nginx_uses(tmp_path):
+    cfg = StackConfig.from_env({**free_ports_env(), "STATE_DIR": str(tmp_path)})
+    app = next(p for p in processes(cfg) if p.name == "app")
+    sock = app_socket(cfg, 1)
+    assert app.env["APP_SOCKET"] == str(sock)
+    assert f"server unix:{sock} max_fails=0;" in render_nginx(cfg).read_text()
+    with HTTPExecutor(app.argv, url=f"http://127.0.0.1:{app.port}/healthz", method="GET",
+                      envvars=app.env, timeout=60):  # fmt: skip
+        with socket.socket(socket.AF_UNIX) as client:  # HTTP/1.0 over the socket
+            client.connect(str(sock))
+            client.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            answer = b"".join(iter(lambda: client.recv(4096), b""))
+        assert answer.startswith(b"HTTP/1.0 200 ") and b'"status":"ok"' in answer
+        # The TCP port still serves: health probes and scrapes use it.
+        assert requests.get(f"http://127.0.0.1:{app.port}/healthz", timeout=10).ok
+
+
+def test_a_state_folder_too_deep_for_a_socket_path_falls_back_to_tcp(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    cfg = StackConfig.from_env({**free_ports_env(), "STATE_DIR": str(deep)})
+    assert app_socket(cfg, 1) is None
+    app = next(p for p in processes(cfg) if p.name == "app")
+    assert app.env["APP_SOCKET"] == ""
+    assert f"server 127.0.0.1:{app.port} max_fails=0;" in render_nginx(cfg).read_text()

@@ -65,8 +65,10 @@ def test_make_run_serves_stops_cleanly_and_keeps_data(tmp_path):
 
 
 def test_status_a_second_start_and_the_logs(tmp_path):
-    # Small log files, to see them rotate: at 4 KiB (s6-log's smallest), 3 kept.
-    env = make_run_env(tmp_path / "state", LOG_FILE_BYTES="4096", LOG_FILES="3")
+    # Small log files, to see them rotate: at 4 KiB (s6-log's smallest), 3 kept. The app's
+    # own access line (off by default: nginx writes one) so that the app's log rotates too.
+    env = make_run_env(tmp_path / "state", LOG_FILE_BYTES="4096", LOG_FILES="3",
+                       APP_ACCESS_LOG="true")  # fmt: skip
 
     def check(run: MakeRun) -> None:
         status = run.status()

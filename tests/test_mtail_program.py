@@ -14,15 +14,27 @@ from native.stack import ROOT
 from tests.conftest import eventually
 from tests.metrics_text import value
 
-LINES = [
+OLD_LINES = [  # written before nginx logged the cache status
     "/messages POST 201 0.003 0.002",
     "/messages POST 201 0.000 0.000",  # faster than nginx's clock
     "/messages POST 201 12.500 12.499",  # over the top bucket
     "/messages POST 201 0.020 0.010, 0.009",  # retried upstream
     "/messages/<digest> GET 502 0.001 -",  # no upstream answer
     "other OTHER 405 0.000 -",
-    "something that is not an edge line",
 ]
+CACHE_LINES = [  # the cache status last: "-" where nginx looked nothing up
+    "/messages POST 201 0.003 0.002 -",
+    "/messages/<digest> GET 200 0.002 0.002 MISS",
+    "/messages/<digest> GET 200 0.000 - HIT",  # the app never saw it
+    "/messages/<digest> HEAD 200 0.000 - HIT",
+    "/messages/<digest> GET 304 0.000 - HIT",
+    "/messages/<digest> GET 404 0.001 0.001 MISS",  # looked up, never stored
+    "/messages/<digest> GET 200 0.020 0.010, 0.009 MISS",  # retried upstream
+    "/messages/<digest> GET 502 0.001 -, - MISS",  # no upstream answered either try
+    "/messages/<digest> GET 200 0.510 0.001 : 0.002 EXPIRED",  # after an internal redirect
+    "other OTHER 405 0.000 - -",
+]
+LINES = [*OLD_LINES, *CACHE_LINES, "something that is not an edge line"]
 
 
 def run_mtail(tmp_path) -> str:
@@ -40,27 +52,44 @@ def run_mtail(tmp_path) -> str:
 def test_requests_are_counted_by_route_method_and_status(tmp_path):
     text = run_mtail(tmp_path)
     count = "edge_http_requests_total"
-    assert value(text, count, route="/messages", method="POST", status="201") == 4
-    assert value(text, count, route="/messages/<digest>", method="GET", status="502") == 1
-    assert value(text, count, route="other", method="OTHER", status="405") == 1
-    assert value(text, count) == 6
+    assert value(text, count, route="/messages", method="POST", status="201") == 5
+    assert value(text, count, route="/messages/<digest>", method="GET", status="502") == 2
+    assert value(text, count, route="other", method="OTHER", status="405") == 2
+    # Answers from the cache count like any other: the SLOs count every request at the edge.
+    assert value(text, count, route="/messages/<digest>", method="GET", status="200") == 4
+    assert value(text, count, route="/messages/<digest>", method="HEAD", status="200") == 1
+    assert value(text, count) == len(OLD_LINES) + len(CACHE_LINES)
 
 
 def test_every_duration_lands_in_a_bucket(tmp_path):
     text = run_mtail(tmp_path)
     name = "edge_http_request_duration_seconds"
     labels = {"route": "/messages", "status": "201"}
-    assert value(text, f"{name}_count", **labels) == 4
-    assert value(text, f"{name}_bucket", le="+Inf", **labels) == 4
+    assert value(text, f"{name}_count", **labels) == 5
+    assert value(text, f"{name}_bucket", le="+Inf", **labels) == 5
     assert value(text, f"{name}_bucket", le="0.0005", **labels) == 1  # the 0.000 one
-    assert value(text, f"{name}_bucket", le="10", **labels) == 3
+    assert value(text, f"{name}_bucket", le="10", **labels) == 4
 
 
 def test_upstream_time_only_when_an_upstream_answered(tmp_path):
     text = run_mtail(tmp_path)
     name = "edge_upstream_response_duration_seconds_count"
-    assert value(text, name, route="/messages") == 4
-    assert value(text, name, route="/messages/<digest>") == 0
+    assert value(text, name, route="/messages") == 5
+    # The misses the app answered; neither the cache's answers nor the 502s.
+    assert value(text, name, route="/messages/<digest>") == 4
+
+
+def test_requests_are_counted_by_cache_status(tmp_path):
+    text = run_mtail(tmp_path)
+    name = "edge_cache_requests_total"
+    digest = "/messages/<digest>"
+    assert value(text, name, route=digest, cache="HIT") == 3
+    assert value(text, name, route=digest, cache="MISS") == 4
+    assert value(text, name, route=digest, cache="EXPIRED") == 1
+    assert value(text, name, route="/messages", cache="none") == 1
+    assert value(text, name, route="other", cache="none") == 1
+    # Every line that has the field, once; the older lines have none to count.
+    assert value(text, name) == len(CACHE_LINES)
 
 
 def test_the_trimmed_log_keeps_being_counted(tmp_path):

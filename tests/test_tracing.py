@@ -6,6 +6,8 @@ revision and deployment environment, unless the operator's OTEL_* variables say 
 from __future__ import annotations
 
 import json
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +45,7 @@ def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",  # every request, unless said otherwise
         "WEB_CONCURRENCY": "2",
         "GUNICORN_THREADS": "1",
+        "APP_ACCESS_LOG": "true",  # the app's own line per request, to match spans with
         # The service's defaults, whatever the environment running the tests has.
         "OTEL_SEMCONV_STABILITY_OPT_IN": "",
         "OTEL_RESOURCE_ATTRIBUTES": "",
@@ -66,6 +69,18 @@ def app_log(stack: Stack) -> list[dict]:
     """Every line the app process wrote, each parsed as JSON (fails on a line that is not)."""
     text = (stack.log_dir / "app.log").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def edge_line(stack: Stack, request_id: str) -> dict:
+    """nginx's access line for the request (written in blocks: waited for)."""
+
+    def found() -> dict | None:
+        text = (stack.log_dir / "nginx.log").read_text()
+        lines = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+        return next((x for x in lines if x["request_id"] == request_id), None)
+
+    stack.executors["nginx"].wait_for(lambda: found() is not None)
+    return found()
 
 
 def spans_of(stack: Stack, receiver: Receiver, request_id: str) -> tuple[Span, list[Span]]:
@@ -103,6 +118,9 @@ def test_a_request_gives_a_server_span_with_a_redis_child_matching_the_logs(stac
     assert line["trace_id"] == root.trace_id
     assert line["span_id"] == root.span_id
     assert line["duration_ms"] > 0
+    # The edge's line names the trace too (the app's traceresponse header), which stops there.
+    assert edge_line(stack, request_id)["trace_id"] == root.trace_id
+    assert "traceresponse" not in r.headers
 
 
 def test_spans_carry_the_stable_attribute_names_and_not_the_old_ones(stack, receiver):
@@ -188,26 +206,40 @@ def test_trace_context_from_the_trusted_network_is_kept(tmp_path, receiver):
         stack.stop()
 
 
-def test_by_default_one_request_in_ten_is_traced_and_logs_say_which(tmp_path):
+def test_by_default_a_budget_of_traces_a_second_is_traced_and_logs_say_which(tmp_path):
     own = start_receiver()  # this stack's spans only
-    stack = traced_stack(tmp_path, own, OTEL_TRACES_SAMPLER="")  # the service's default
+    # The service's default sampler (per worker: 1 trace a second, then 1% of the rest), on
+    # one worker, so the stack's budget is that worker's.
+    stack = traced_stack(tmp_path, own, OTEL_TRACES_SAMPLER="", OTEL_TRACES_SAMPLER_ARG="",
+                         WEB_CONCURRENCY="1")  # fmt: skip
+
+    def get(i: int) -> str:
+        return stack.request("GET", f"/messages/{i:064x}").headers["X-Request-ID"]
+
     try:
+        first = get(0)  # the worker's bucket is full: traced
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = set(pool.map(
-                lambda i: stack.request("GET", f"/messages/{i:064x}").headers["X-Request-ID"],
-                range(300),
-            ))  # fmt: skip
-        lines = [x for x in app_log(stack) if x.get("request_id") in ids]
-        assert len(lines) == 300
-        sampled = {x["request_id"]: x["trace_id"] for x in lines if "trace_id" in x}
-        # Binomial(300, 0.1): 30 expected; outside 8..60 is a one-in-a-million event.
-        assert 8 <= len(sampled) <= 60, len(sampled)
-        for request_id, trace_id in sampled.items():
+            ids = set(pool.map(get, range(1, 301)))
+        seconds = time.monotonic() - started
+        time.sleep(1.1)  # a quiet second fills the bucket again: traced
+        last = get(301)
+        lines = {x["request_id"]: x for x in app_log(stack)
+                 if x.get("request_id") in ids | {first, last}}  # fmt: skip
+        assert len(lines) == 302
+        assert "trace_id" in lines[first]
+        assert "trace_id" in lines[last]
+        burst = {rid for rid in ids if "trace_id" in lines[rid]}
+        # The 300: at most one a second from the bucket (the first request took what it
+        # held), plus Binomial(300, 0.01) by the ratio: 3 expected, 12 or more a
+        # one-in-15,000 event. A fixed 10% would trace about 30.
+        assert len(burst) <= math.ceil(seconds) + 11, (len(burst), seconds)
+        for request_id in burst | {first, last}:
             root, trace_spans = spans_of(stack, own, request_id)
-            assert root.trace_id == trace_id
+            assert root.trace_id == lines[request_id]["trace_id"]
             assert [s.name for s in trace_spans if s.kind == CLIENT] == ["GET"]
         # Unsampled requests made no span at all: no server span, no Redis span.
-        assert len(own.spans) == 2 * len(sampled)
+        assert len(own.spans) == 2 * (len(burst) + 2)
     finally:
         stack.stop()
         own.close()
@@ -276,8 +308,9 @@ def test_tracing_off_without_an_endpoint(tmp_path, receiver):
         r = stack.request("POST", "/messages", json={"message": "untraced"})
         assert r.status_code == 201
         request_id = r.headers["X-Request-ID"]
-        (line,) = [x for x in app_log(stack) if x.get("request_id") == request_id]
-        assert "trace_id" not in line
+        assert edge_line(stack, request_id)["trace_id"] == ""
+        # By default the app writes no line per request: the edge's is the access line.
+        assert not [x for x in app_log(stack) if x.get("request_id") == request_id]
     finally:
         stack.stop()
     assert not [s for s in receiver.spans if s.attributes.get("request_id") == request_id]
