@@ -112,9 +112,9 @@ def test_workers_follow_the_cpus_a_cgroup_quota_allows(tmp_path):
 
 
 def test_workers_follow_the_cpus_this_process_may_run_on():
-    """Pinned to one CPU (taskset), the default is 2 x 1 + 1 workers, not 2 x every CPU + 1."""
+    """Pinned to one CPU (taskset), the default is 1 + 1 workers, not every CPU + 1."""
     code = "from service.config import ServerSettings; print(ServerSettings.from_env({}).workers)"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=ROOT,
                          capture_output=True, text=True, check=True)  # fmt: skip
-    assert out.stdout.strip() == "3"
+    assert out.stdout.strip() == "2"
     assert ServerSettings.from_env({"WEB_CONCURRENCY": ""}).workers == default_workers()
