@@ -10,7 +10,7 @@ import requests
 from mirakuru import HTTPExecutor
 
 from native.stack import StackConfig, app_socket, processes, render_nginx
-from tests.conftest import free_ports_env
+from tests.conftest import eventually, free_ports_env
 from tests.metrics_text import value
 
 COUNT = "flask_http_request_duration_seconds_count"
@@ -33,7 +33,8 @@ def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
                                 timeout=60)  # fmt: skip
         with gunicorn:
             master = psutil.Process(gunicorn.process.pid)
-            assert len(master.children()) == 3
+            # The master forks them one by one: the first may answer before the last exists.
+            eventually(lambda: len(master.children()) == 3, 30)
             # No Redis is running: the app logs a warning, and it must reach stdout.
             r = requests.get(f"http://127.0.0.1:{app.port}/readyz", timeout=10)
             assert r.status_code == 503
