@@ -3,6 +3,7 @@ ready and stopped afterwards: what the tests and the benchmark run."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -117,6 +118,11 @@ class Stack:
         """A client of the stack's own Redis, for checking what was stored."""
         password = self.cfg.redis_password_file.read_text().strip()
         return redis.Redis(port=self.cfg.ports["redis"], password=password)
+
+    def edge_lines(self) -> list[dict]:
+        """nginx's JSON access lines so far (written in blocks, at least once a second)."""
+        text = (self.log_dir / "nginx.log").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
     def scrape(self, part: str) -> str:
         """The text a part of the stack serves on /metrics (app_metrics, mtail, ...)."""

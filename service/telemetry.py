@@ -46,6 +46,7 @@ from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_EN
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_VERSION
 from opentelemetry.util.http import parse_excluded_urls
 
+from service import sampling
 from service.config import Settings
 
 SERVICE_NAME = "messages"  # unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say otherwise
@@ -70,7 +71,7 @@ EXCLUDED_URLS = "healthz,readyz,metrics"
 # 10% made 300, at 740-800 µs each (docs/performance.md). A trusted caller's trace context
 # (see nginx.conf.template) decides for its own requests, and does not draw on the budget.
 DEFAULT_SAMPLER = "parentbased_ratelimited"
-DEFAULT_SAMPLER_ARG = "1,0.01"  # traces a second per process, ratio of the rest
+DEFAULT_SAMPLER_ARG = sampling.DEFAULT_ARG  # traces a second per process, ratio of the rest
 # Where OTEL_TRACES_SAMPLER's names are found, as the SDK finds them: the SDK's own samplers,
 # ours (pyproject.toml), and those of any package the operator installs.
 SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
@@ -110,9 +111,8 @@ def sampler_from_env(env: Mapping[str, str] = os.environ) -> Sampler:
             f"OTEL_TRACES_SAMPLER={given!r}: no such sampler; installed: "
             f"{', '.join(sorted(found.names))}"
         )
-    arg: str | float | None = env.get("OTEL_TRACES_SAMPLER_ARG") or (
-        DEFAULT_SAMPLER_ARG if name == DEFAULT_SAMPLER else None
-    )
+    # Unset: None, as the SDK passes it; ours then applies its default (sampling.DEFAULT_ARG).
+    arg: str | float | None = env.get("OTEL_TRACES_SAMPLER_ARG") or None
     if name in RATIO_SAMPLERS:
         try:
             arg = 1.0 if arg is None else float(arg)

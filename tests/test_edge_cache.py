@@ -6,12 +6,12 @@ requests the cache answered."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,15 +85,29 @@ def access_lines(stack: Stack, request_ids: list[str]) -> list[dict]:
     """The edge's JSON access line of each request, in order (nginx flushes them each second)."""
 
     def found() -> list[dict] | None:
-        lines = {}
-        for raw in (stack.log_dir / "nginx.log").read_text().splitlines():
-            if raw.startswith("{"):
-                line = json.loads(raw)
-                if line["request_id"] in request_ids:
-                    lines[line["request_id"]] = line
+        lines = {x["request_id"]: x for x in stack.edge_lines() if x["request_id"] in request_ids}
         return [lines[i] for i in request_ids] if len(lines) == len(request_ids) else None
 
     return eventually(found, 10)
+
+
+def read_at_once(
+    stack: Stack, digest: str, request_ids: list[str], action: Callable[[], object] | None = None
+) -> list[requests.Response]:
+    """GET the digest from one thread per request id, all at once: each connects first (the
+    TLS handshake), then action() runs and they all read."""
+    start = threading.Barrier(len(request_ids), action=action)
+
+    def read(request_id: str) -> requests.Response:
+        with requests.Session() as http:
+            http.verify, http.trust_env = CERT, False
+            http.get(f"{stack.url}/healthz", timeout=10)  # the TLS handshake, before the race
+            start.wait(timeout=30)
+            return http.get(f"{stack.url}/messages/{digest}", timeout=30,
+                            headers={"X-Request-ID": request_id})  # fmt: skip
+
+    with ThreadPoolExecutor(len(request_ids)) as pool:
+        return list(pool.map(read, request_ids))
 
 
 def app_reads(stack: Stack) -> float:
@@ -208,18 +222,7 @@ def test_concurrent_first_reads_of_a_digest_reach_the_app_once(stack):
     before = app_reads(stack)
     request_ids = ids("herd", 20)
     # Once every session is connected, Redis is paused and they all read.
-    start = threading.Barrier(len(request_ids), action=lambda: stack.redis.client_pause(100))
-
-    def read(request_id: str) -> requests.Response:
-        with requests.Session() as http:
-            http.verify, http.trust_env = CERT, False
-            http.get(f"{stack.url}/healthz", timeout=10)  # the TLS handshake, before the race
-            start.wait(timeout=30)
-            return http.get(f"{stack.url}/messages/{digest}", timeout=30,
-                            headers={"X-Request-ID": request_id})  # fmt: skip
-
-    with ThreadPoolExecutor(len(request_ids)) as pool:
-        responses = list(pool.map(read, request_ids))
+    responses = read_at_once(stack, digest, request_ids, lambda: stack.redis.client_pause(100))
     assert {r.status_code for r in responses} == {200}
     assert_same_but_per_response(responses)
     assert app_reads(stack) == before + 1  # proxy_cache_lock: the others waited for it
@@ -235,18 +238,7 @@ def test_concurrent_reads_of_an_unknown_digest_wait_no_longer_than_the_lock(stac
     after proxy_cache_lock_timeout (200 ms), not seconds later."""
     digest = hashlib.sha256(b"never stored, polled by many").hexdigest()
     request_ids = ids("polled", 16)
-    start = threading.Barrier(len(request_ids))
-
-    def read(request_id: str) -> requests.Response:
-        with requests.Session() as http:
-            http.verify, http.trust_env = CERT, False
-            http.get(f"{stack.url}/healthz", timeout=10)
-            start.wait(timeout=30)
-            return http.get(f"{stack.url}/messages/{digest}", timeout=30,
-                            headers={"X-Request-ID": request_id})  # fmt: skip
-
-    with ThreadPoolExecutor(len(request_ids)) as pool:
-        responses = list(pool.map(read, request_ids))
+    responses = read_at_once(stack, digest, request_ids)
     assert {r.status_code for r in responses} == {404}
     lines = access_lines(stack, request_ids)
     assert all(line["upstream_status"] == "404" for line in lines)  # each asked the app
@@ -307,9 +299,7 @@ def test_the_edge_metrics_count_requests_by_cache_status(stack):
 
     def both_logs_flushed() -> list[str] | None:  # a line per request in each
         lines = log.read_text().splitlines()
-        access = (stack.log_dir / "nginx.log").read_text().splitlines()
-        json_lines = sum(1 for line in access if line.startswith("{"))
-        return lines if len(lines) == json_lines else None
+        return lines if len(lines) == len(stack.edge_lines()) else None
 
     lines = eventually(both_logs_flushed, 10)
     assert [line.split(" ", 3)[:3] + line.split()[-1:] for line in lines[-3:]] == [

@@ -75,9 +75,7 @@ def edge_line(stack: Stack, request_id: str) -> dict:
     """nginx's access line for the request (written in blocks: waited for)."""
 
     def found() -> dict | None:
-        text = (stack.log_dir / "nginx.log").read_text()
-        lines = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
-        return next((x for x in lines if x["request_id"] == request_id), None)
+        return next((x for x in stack.edge_lines() if x["request_id"] == request_id), None)
 
     stack.executors["nginx"].wait_for(lambda: found() is not None)
     return found()
