@@ -5,6 +5,7 @@ docs/operations.md). A frozen Redis and a crash loop reach Alertmanager."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import requests
 
 from native.harness import CERT
 from native.make_run import MakeRun, make_run_env, until
+from native.stack import SHARED_MEMORY, StackConfig, edge_cache_dir
 from tests.dashboards import QUERIES, SUPERVISOR_METRICS, substitute
 
 pytestmark = pytest.mark.stack
@@ -70,6 +72,38 @@ def outage(run: MakeRun, component: str) -> tuple[float, list]:
     print(f"\n{component} killed: a new one serves 201s after {took:.2f} s; other answers: "
           f"{sorted({s for s, _ in answers})} x{len(answers)}")  # fmt: skip
     return took, answers
+
+
+def test_as_shipped_nginx_reaches_the_app_over_its_socket_and_caches_found_messages(run):
+    """make run's defaults, not a harness's: nginx connects to the app's Unix socket, keeps a
+    found message in its cache in shared memory, and writes the one access line per request
+    (with the cache status); the app writes none."""
+    status, body = post(run, f"as shipped {time.monotonic_ns()}")
+    assert status == 201
+    ids = [f"shipped-{time.monotonic_ns()}-{i}" for i in range(2)]
+    for request_id in ids:
+        r = requests.get(f"{run.url}/messages/{body['digest']}", verify=CERT, timeout=10,
+                         headers={"X-Request-ID": request_id})  # fmt: skip
+        assert r.status_code == 200 and "immutable" in r.headers["Cache-Control"]
+    logs = run.state_dir / "logs"
+
+    def edge_lines() -> list[dict] | None:  # nginx writes its log in blocks, once a second
+        text = (logs / "nginx" / "current").read_text()
+        found = {
+            x["request_id"]: x
+            for x in map(json.loads, (line for line in text.splitlines() if line.startswith("{")))
+            if x["request_id"] in ids
+        }
+        return [found[i] for i in ids] if len(found) == len(ids) else None  # fmt: skip
+
+    until(lambda: edge_lines() is not None, 10)
+    first, second = edge_lines()
+    assert (first["cache"], first["upstream_addr"]) == (
+        "MISS", f"unix:{run.state_dir / 'run' / 'app-1.sock'}")  # fmt: skip
+    assert (second["cache"], second["upstream_addr"]) == ("HIT", "")
+    cache = edge_cache_dir(StackConfig.from_env(run.env))
+    assert cache.parent == SHARED_MEMORY and any(p.is_file() for p in cache.rglob("*"))
+    assert not any(i in (logs / "app" / "current").read_text() for i in ids)
 
 
 def alive(proc: psutil.Process) -> bool:
