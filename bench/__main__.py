@@ -31,10 +31,16 @@ from bench.runner import Bench
 from bench.shipped import shipped_server
 from bench.targets import DIRECT, EDGE, ServerConfig
 from native.otlp_receiver import start_receiver
-from native.stack import ROOT
+from native.settings import ROOT
 
-SCENARIOS = [(EDGE, "post"), (EDGE, "hit"), (EDGE, "miss"),
-             (DIRECT, "post"), (DIRECT, "hit"), (DIRECT, "miss")]  # fmt: skip
+SCENARIOS = [
+    (EDGE, "post"),
+    (EDGE, "hit"),
+    (EDGE, "miss"),
+    (DIRECT, "post"),
+    (DIRECT, "hit"),
+    (DIRECT, "miss"),
+]
 REFERENCE_CANDIDATES = [
     *(ServerConfig(w, "sync", 1) for w in (2, 3, 4, 5)),
     *(ServerConfig(w, "gthread", 2) for w in (2, 3, 4)),
@@ -48,26 +54,41 @@ NO_SWEEP_REFERENCE = ServerConfig(5, "sync", 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--mode", choices=("shipped", "harness"), default="shipped",
-                   help="shipped: make run as shipped (the headline); harness: the test "
-                   "harness's stacks, with the scaling sweep (for profiling)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--mode",
+        choices=("shipped", "harness"),
+        default="shipped",
+        help="shipped: make run as shipped (the headline); harness: the test "
+        "harness's stacks, with the scaling sweep (for profiling)",
+    )
     p.add_argument("--seconds", type=float, default=10, help="length of each measured run")
     p.add_argument("--warmup", type=float, default=2, help="unmeasured load before each run")
     p.add_argument("--reps", type=int, default=3, help="repetitions of the comparison")
     p.add_argument("--sweep-seconds", type=float, default=4, help="length of sweep runs")
     p.add_argument("--connections", type=int, default=32, help="wrk's open connections")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads")
-    p.add_argument("--no-sweep", action="store_true",
-                   help=f"reference at {NO_SWEEP_REFERENCE.label}, not swept")  # fmt: skip
+    p.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help=f"reference at {NO_SWEEP_REFERENCE.label}, not swept",
+    )
     p.add_argument("--reference", help="the reference's model, e.g. 'gthread 2x4'; no sweep")
     p.add_argument("--soak-minutes", type=float, default=0, help="also a long run for memory")
-    p.add_argument("--cold-rate", type=float, default=8000,
-                   help="shipped: the highest GET cold rate expected (req/s); sizes the "
-                   "digests stored for the cold runs (each asked for once)")  # fmt: skip
-    p.add_argument("--no-scaling", action="store_true",
-                   help="harness: skip throughput by worker count")  # fmt: skip
+    p.add_argument(
+        "--cold-rate",
+        type=float,
+        default=8000,
+        help="shipped: the highest GET cold rate expected (req/s); sizes the "
+        "digests stored for the cold runs (each asked for once)",
+    )
+    p.add_argument(
+        "--no-scaling", action="store_true", help="harness: skip throughput by worker count"
+    )
     p.add_argument(
         "--ours",
         default="best",

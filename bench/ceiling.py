@@ -13,8 +13,9 @@ import requests
 from mirakuru import TCPExecutor
 
 from bench.measure import CpuTimes, cpu_times, rss
+from native.configs import nginx_values, render_template
 from native.harness import START_TIMEOUT, free_port
-from native.stack import ROOT, StackConfig, nginx_values, render_template
+from native.settings import ROOT, StackConfig
 
 TEMPLATE = ROOT / "bench" / "nginx-ceiling.conf.template"
 VARIANTS = {"ceiling-log": "nginx, the edge's access logs", "ceiling-nolog": "nginx, no log"}
@@ -118,7 +119,13 @@ def start_ceiling(folder: Path, answer: Answer) -> Ceiling:
     if check.returncode:
         raise RuntimeError(f"{conf}: {check.stderr}")
     log = (folder / "nginx.log").open("ab")
-    executor = TCPExecutor(argv, host="127.0.0.1", port=ports["ceiling-nolog"], stdout=log,
-                           stderr=subprocess.STDOUT, timeout=START_TIMEOUT)  # fmt: skip
+    executor = TCPExecutor(
+        argv,
+        host="127.0.0.1",
+        port=ports["ceiling-nolog"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        timeout=START_TIMEOUT,
+    )
     executor.start()
     return Ceiling(executor, ports, folder)

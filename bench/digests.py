@@ -53,8 +53,9 @@ def check_served(base_url: str, pairs: Iterable[tuple[str, str]]) -> requests.Re
     for digest, message in pairs:
         answer = session.get(f"{base_url}/messages/{digest}", verify=CERT, timeout=10)
         if answer.status_code != 200 or answer.json() != {"message": message}:
-            raise AssertionError(f"{base_url}: {digest} answered {answer.status_code} "
-                                 f"{answer.text!r}")  # fmt: skip
+            raise AssertionError(
+                f"{base_url}: {digest} answered {answer.status_code} {answer.text!r}"
+            )
     if answer is None:
         raise ValueError("nothing to check")
     return answer
@@ -63,8 +64,14 @@ def check_served(base_url: str, pairs: Iterable[tuple[str, str]]) -> requests.Re
 class Digests:
     """One target's stored digests, and the file each wrk run reads."""
 
-    def __init__(self, folder: Path, hit: list[str], hot: str | None = None,
-                 cold: list[str] | None = None, cold_rate: float = 5000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        folder: Path,
+        hit: list[str],
+        hot: str | None = None,
+        cold: list[str] | None = None,
+        cold_rate: float = 5000,
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.cold = cold or []
@@ -79,8 +86,9 @@ class Digests:
     @staticmethod
     def needed(cold_rate: float, seconds: float, warmup: float, runs: int) -> int:
         """Cold digests for `runs` cold runs, each with its warm-up, at up to cold_rate."""
-        return runs * (slice_size(cold_rate, seconds) + (slice_size(cold_rate, warmup)
-                                                          if warmup else 0))  # fmt: skip
+        return runs * (
+            slice_size(cold_rate, seconds) + (slice_size(cold_rate, warmup) if warmup else 0)
+        )
 
     def file_for(self, scenario: str, seconds: float) -> Path:
         """The digests file of one wrk run: a fresh slice for cold, else the shared one."""

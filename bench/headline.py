@@ -32,15 +32,21 @@ def seed(bench: Bench, target: ShippedTarget | Target, cold: list[str]) -> reque
     (hot,) = store(client, [HOT_MESSAGE])
     cold_digests = store(client, cold)
     pick = random.Random(0)  # noqa: S311 (not a secret)
-    sample = [*pick.sample(list(zip(hit, hit_messages(), strict=True)), CHECKED),
-              *pick.sample(list(zip(cold_digests, cold, strict=True)), CHECKED)]  # fmt: skip
+    sample = [
+        *pick.sample(list(zip(hit, hit_messages(), strict=True)), CHECKED),
+        *pick.sample(list(zip(cold_digests, cold, strict=True)), CHECKED),
+    ]
     # Straight to the app: through the edge these would be in its cache before their run.
     check_served(target.url(DIRECT), sample)
     answer = check_served(target.url(EDGE), [(hot, HOT_MESSAGE)] * 2)
-    bench.inputs[target.name] = Digests(bench.folder / f"digests-{target.name}", hit, hot,
-                                        cold_digests, bench.args.cold_rate)  # fmt: skip
-    print(f"  {target.name}: {len(cold_digests) + len(hit) + 1} messages stored in "
-          f"{time.monotonic() - started:.1f} s", flush=True)  # fmt: skip
+    bench.inputs[target.name] = Digests(
+        bench.folder / f"digests-{target.name}", hit, hot, cold_digests, bench.args.cold_rate
+    )
+    print(
+        f"  {target.name}: {len(cold_digests) + len(hit) + 1} messages stored in "
+        f"{time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     return answer
 
 
@@ -105,8 +111,12 @@ def trace_totals(results: list[Result]) -> dict:
     sent = sum(r.requests + r.warmup_requests for r in ours)
     spans = sum(r.spans or 0 for r in ours)
     server = sum(r.server_spans or 0 for r in ours)
-    return {"requests": sent, "spans": spans, "server_spans": server,
-            "traced_share": round(server / sent, 4) if sent else None}  # fmt: skip
+    return {
+        "requests": sent,
+        "spans": spans,
+        "server_spans": server,
+        "traced_share": round(server / sent, 4) if sent else None,
+    }
 
 
 def shipped(bench: Bench, document: dict, reference: ServerConfig) -> None:

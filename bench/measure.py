@@ -13,7 +13,7 @@ from typing import Protocol
 
 import psutil
 
-from native.stack import ROOT
+from native.settings import ROOT
 
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "api.lua"
 MIB = 1024 * 1024
@@ -102,9 +102,18 @@ class Result:
 
 def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict:
     """wrk's summary of one run (see bench/wrk/api.lua)."""
-    argv = ["wrk", f"--threads={load.threads}", f"--connections={load.connections}",
-            f"--duration={max(1, round(seconds))}s", "--timeout=10s",
-            f"--script={WRK_SCRIPT}", url, "--", mode, *args]  # fmt: skip
+    argv = [
+        "wrk",
+        f"--threads={load.threads}",
+        f"--connections={load.connections}",
+        f"--duration={max(1, round(seconds))}s",
+        "--timeout=10s",
+        f"--script={WRK_SCRIPT}",
+        url,
+        "--",
+        mode,
+        *args,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -123,8 +132,16 @@ def cpu_used(before: CpuTimes, after: CpuTimes, parts: tuple[str, ...]) -> dict[
     return dict(used)
 
 
-def measure(target: Measured, via: str, scenario: str, seconds: float, warmup: float,
-            load: Load, inputs: Inputs, run_id: str) -> Result:  # fmt: skip
+def measure(
+    target: Measured,
+    via: str,
+    scenario: str,
+    seconds: float,
+    warmup: float,
+    load: Load,
+    inputs: Inputs,
+    run_id: str,
+) -> Result:
     """Warm up, then measure one scenario (post, hit, hot, cold, miss or plain)."""
     url = target.url(via)
     if scenario == "plain":

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.measure import Load, run_wrk
 from bench.targets import EDGE, ServerConfig, seed, start
 from native.otlp_receiver import start_receiver
-from native.stack import ROOT
+from native.settings import ROOT
 
 # In the venv beside this Python, whether or not the venv is on PATH.
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
@@ -28,15 +28,17 @@ SEED = [f"profile seed {i}" for i in range(200)]
 # Which part of the stack a sample's time belongs to: the innermost frame that names one.
 COMPONENTS = [
     ("tracing (OpenTelemetry)", ("/opentelemetry/",)),
-    ("metrics (prometheus)", ("/prometheus_client/", "/prometheus_flask_exporter/",
-                              "/service/metrics.py")),
+    (
+        "metrics (prometheus)",
+        ("/prometheus_client/", "/prometheus_flask_exporter/", "/service/metrics.py"),
+    ),
     ("logging", ("/logging/", "/pythonjsonlogger/", "/service/logs.py")),
     ("request id", ("/service/request_id.py", "/uuid.py")),
     ("redis client", ("/redis/",)),
     ("the service's own code", ("/service/",)),
     ("Flask and Werkzeug", ("/flask/", "/werkzeug/")),
     ("gunicorn", ("/gunicorn/",)),
-]  # fmt: skip
+]
 
 
 def component(stack: list[str]) -> str:
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sink = start_receiver(keep=False)  # a collector elsewhere: count only
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
-        target = start("ours", server, Path(scratch) / "ours",
-                       {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint})  # fmt: skip
+        target = start(
+            "ours", server, Path(scratch) / "ours", {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+        )
         try:
             digests = Path(scratch) / "digests.txt"
             digests.write_text("\n".join(seed(target, SEED)) + "\n")
@@ -105,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             # --gil: only samples holding the GIL, i.e. Python running, not waiting.
             for fmt, out in (("raw", collapsed), ("flamegraph", svg)):
-                subprocess.run([PY_SPY, "record", "--pid", str(worker), "--rate", "250",
-                                "--duration", str(args.seconds // 2), "--format", fmt,
-                                "--full-filenames", "--output", str(out), "--nonblocking",
-                                "--gil"], check=True, capture_output=True)  # fmt: skip
+                record = [
+                    *(PY_SPY, "record", "--pid", str(worker), "--rate", "250"),
+                    *("--duration", str(args.seconds // 2), "--format", fmt),
+                    *("--full-filenames", "--output", str(out), "--nonblocking", "--gil"),
+                ]
+                subprocess.run(record, check=True, capture_output=True)
             load.join()
         finally:
             target.stop()

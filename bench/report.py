@@ -10,6 +10,9 @@ from pathlib import Path
 
 from bench.measure import Result
 
+# The columns of ours in a --mode harness run's tables.
+OURS_COLUMNS = "via scenario rps p50_ms p99_ms app_cpu_us nginx_cpu_us redis_cpu_us worker_rss_mib"
+
 
 def column(part: str) -> str:
     """The medians' column of a part's CPU per request, e.g. log_writers_cpu_us."""
@@ -31,15 +34,19 @@ def medians(results: Iterable[Result]) -> list[dict]:
 
         parts = list(dict.fromkeys(p for r in use for p in r.cpu_us_per_request))
         row = {
-            "target": target, "server": server, "via": via, "scenario": scenario,
-            "runs": len(runs), "valid_runs": len(valid),
+            "target": target,
+            "server": server,
+            "via": via,
+            "scenario": scenario,
+            "runs": len(runs),
+            "valid_runs": len(valid),
             "rps": med(r.rps for r in use),
             "p50_ms": med(r.p50_ms for r in use),
             "p99_ms": med(r.p99_ms for r in use),
             **{column(p): med(r.cpu_us_per_request.get(p, 0) for r in use) for p in parts},
             "total_cpu_us": med(sum(r.cpu_us_per_request.values()) for r in use),
             "worker_rss_mib": max(r.rss_mib.get("app_worker_max", 0) for r in use),
-        }  # fmt: skip
+        }
         traced = [r.traces() for r in use if r.traces()]
         for key in ("spans_per_s", "traced_rps", "traced_share"):
             if traced:
@@ -56,13 +63,19 @@ def ratios(rows: list[dict]) -> list[dict]:
         ref = by_key.get(("reference", via, scenario))
         if target != "ours" or ref is None:
             continue
-        out.append({
-            "via": via, "scenario": scenario,
-            "ours_rps": ours["rps"], "reference_rps": ref["rps"],
-            "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
-            "ours_p99_ms": ours["p99_ms"], "reference_p99_ms": ref["p99_ms"],
-            "ours_app_cpu_us": ours["app_cpu_us"], "reference_app_cpu_us": ref["app_cpu_us"],
-        })  # fmt: skip
+        out.append(
+            {
+                "via": via,
+                "scenario": scenario,
+                "ours_rps": ours["rps"],
+                "reference_rps": ref["rps"],
+                "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
+                "ours_p99_ms": ours["p99_ms"],
+                "reference_p99_ms": ref["p99_ms"],
+                "ours_app_cpu_us": ours["app_cpu_us"],
+                "reference_app_cpu_us": ref["app_cpu_us"],
+            }
+        )
     return out
 
 
@@ -92,10 +105,18 @@ def plot(path: Path, comparison: list[dict], title: str) -> None:
     width = 0.38
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for axis, key, unit in ((top, "rps", "requests/s"), (bottom, "p99_ms", "p99 latency (ms)")):
-        axis.bar([i - width / 2 for i in x], [r[f"ours_{key}"] for r in comparison], width,
-                 label="ours (instrumented)")  # fmt: skip
-        axis.bar([i + width / 2 for i in x], [r[f"reference_{key}"] for r in comparison], width,
-                 label="reference (uninstrumented)")  # fmt: skip
+        axis.bar(
+            [i - width / 2 for i in x],
+            [r[f"ours_{key}"] for r in comparison],
+            width,
+            label="ours (instrumented)",
+        )
+        axis.bar(
+            [i + width / 2 for i in x],
+            [r[f"reference_{key}"] for r in comparison],
+            width,
+            label="reference (uninstrumented)",
+        )
         axis.set_ylabel(unit)
         axis.grid(axis="y", alpha=0.3)
     top.legend()
@@ -116,38 +137,55 @@ def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
         ref = by.get(("reference", scenario))
         if target != "ours" or ref is None:
             continue
-        comparison.append({
-            "via": ours["via"], "scenario": scenario,
-            "ours_rps": ours["rps"], "reference_rps": ref["rps"],
-            "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
-            "ours_p50_ms": ours["p50_ms"], "reference_p50_ms": ref["p50_ms"],
-            "ours_p99_ms": ours["p99_ms"], "reference_p99_ms": ref["p99_ms"],
-            "ours_cpu_us": ours["total_cpu_us"], "reference_cpu_us": ref["total_cpu_us"],
-        })  # fmt: skip
+        comparison.append(
+            {
+                "via": ours["via"],
+                "scenario": scenario,
+                "ours_rps": ours["rps"],
+                "reference_rps": ref["rps"],
+                "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
+                "ours_p50_ms": ours["p50_ms"],
+                "reference_p50_ms": ref["p50_ms"],
+                "ours_p99_ms": ours["p99_ms"],
+                "reference_p99_ms": ref["p99_ms"],
+                "ours_cpu_us": ours["total_cpu_us"],
+                "reference_cpu_us": ref["total_cpu_us"],
+            }
+        )
     ceiling = []
     hot = by.get(("ours", "hot"))
     for name in ("ceiling-log", "ceiling-nolog"):
         bare = by.get((name, "hot"))
         if bare is None:
             continue
-        ceiling.append({
-            "ceiling": bare["server"], "rps": bare["rps"], "p50_ms": bare["p50_ms"],
-            "p99_ms": bare["p99_ms"], "nginx_cpu_us": bare["nginx_cpu_us"],
-            "ours_hot_rps": hot["rps"] if hot else None,
-            "ours_per_ceiling": round(hot["rps"] / bare["rps"], 4) if hot and bare["rps"]
-            else None,
-        })  # fmt: skip
+        per_ceiling = round(hot["rps"] / bare["rps"], 4) if hot and bare["rps"] else None
+        ceiling.append(
+            {
+                "ceiling": bare["server"],
+                "rps": bare["rps"],
+                "p50_ms": bare["p50_ms"],
+                "p99_ms": bare["p99_ms"],
+                "nginx_cpu_us": bare["nginx_cpu_us"],
+                "ours_hot_rps": hot["rps"] if hot else None,
+                "ours_per_ceiling": per_ceiling,
+            }
+        )
     tables = {"comparison": comparison, "ceiling": ceiling}
     for target in ("ours", "reference"):
         mine = [r for r in rows if r["target"] == target]
         cpu = [k for k in (mine[0] if mine else {}) if k.endswith("_cpu_us")]
-        tables[f"cpu_{target}"] = [{"scenario": r["scenario"], "rps": r["rps"],
-                                    **{k: r[k] for k in cpu}} for r in mine]  # fmt: skip
+        tables[f"cpu_{target}"] = [
+            {"scenario": r["scenario"], "rps": r["rps"], **{k: r[k] for k in cpu}} for r in mine
+        ]
     tables["traces"] = [
-        {"scenario": r["scenario"], "rps": r["rps"],
-         **{k: r[k] for k in ("spans_per_s", "traced_rps", "traced_share") if k in r}}
-        for r in rows if r["target"] == "ours"
-    ]  # fmt: skip
+        {
+            "scenario": r["scenario"],
+            "rps": r["rps"],
+            **{k: r[k] for k in ("spans_per_s", "traced_rps", "traced_share") if k in r},
+        }
+        for r in rows
+        if r["target"] == "ours"
+    ]
     return tables
 
 
@@ -162,26 +200,39 @@ def section(title: str, rows: list[dict]) -> list[str]:
 def shipped_markdown(document: dict) -> str:
     """The tables of a --mode shipped run."""
     settings = document["settings"]
-    out = [f"Run of {document['started']}: ours `{document['ours_server']}` (make run as "
-           f"shipped), reference `{document['reference_server']}`, "
-           f"{settings['reps']} repetitions of {settings['seconds']} s after "
-           f"{settings['warmup']} s of warm-up, wrk with {settings['connections']} "
-           "connections, through the TLS edge.", ""]  # fmt: skip
+    out = [
+        f"Run of {document['started']}: ours `{document['ours_server']}` (make run as "
+        f"shipped), reference `{document['reference_server']}`, "
+        f"{settings['reps']} repetitions of {settings['seconds']} s after "
+        f"{settings['warmup']} s of warm-up, wrk with {settings['connections']} "
+        "connections, through the TLS edge.",
+        "",
+    ]
     out += section("ours / reference:", document["comparison"])
-    out += section("GET hot against a bare nginx answering the same body (the ceiling):",
-                   document.get("ceiling", []))  # fmt: skip
+    out += section(
+        "GET hot against a bare nginx answering the same body (the ceiling):",
+        document.get("ceiling", []),
+    )
     out += section("make run, CPU µs per request by part:", document.get("cpu_ours", []))
     out += section("reference, CPU µs per request by part:", document.get("cpu_reference", []))
-    out += section("traces exported by make run (a traced request: one server span):",
-                   document.get("traces", []))  # fmt: skip
+    out += section(
+        "traces exported by make run (a traced request: one server span):",
+        document.get("traces", []),
+    )
     if "make_run_idle_cpu_cores" in document:
-        out += [f"make run's CPU while the others ran (monitoring, mostly): "
-                f"{document['make_run_idle_cpu_cores']} cores", ""]  # fmt: skip
+        out += [
+            f"make run's CPU while the others ran (monitoring, mostly): "
+            f"{document['make_run_idle_cpu_cores']} cores",
+            "",
+        ]
     if "trace_totals" in document:
         t = document["trace_totals"]
-        out += [f"over all of make run's runs (warm-ups included): {t['spans']} spans, "
-                f"{t['server_spans']} traced requests of {t['requests']} "
-                f"(traced share {t['traced_share']})", ""]  # fmt: skip
+        out += [
+            f"over all of make run's runs (warm-ups included): {t['spans']} spans, "
+            f"{t['server_spans']} traced requests of {t['requests']} "
+            f"(traced share {t['traced_share']})",
+            "",
+        ]
     out += section("reference_sweep:", document.get("reference_sweep", []))
     if "soak" in document:
         out += section(f"soak ({document['soak']['minutes']} min):", document["soak"]["samples"])
@@ -192,18 +243,23 @@ def markdown(document: dict) -> str:
     """The tables docs/performance.md shows, from a results file."""
     if document.get("mode") == "shipped":
         return shipped_markdown(document)
-    out = [f"Run of {document['started']}: ours `{document['ours_server']}`, reference "
-           f"`{document['reference_server']}` (its best in the sweep), "
-           f"{document['settings']['reps']} repetitions of {document['settings']['seconds']} s, "
-           f"wrk with {document['settings']['connections']} connections.", ""]  # fmt: skip
+    out = [
+        f"Run of {document['started']}: ours `{document['ours_server']}`, reference "
+        f"`{document['reference_server']}` (its best in the sweep), "
+        f"{document['settings']['reps']} repetitions of {document['settings']['seconds']} s, "
+        f"wrk with {document['settings']['connections']} connections.",
+        "",
+    ]
     out += [table(document["comparison"], list(document["comparison"][0])), ""]
     ceiling = [r for r in document["medians"] if r["scenario"] == "plain"]
     if ceiling:
-        out += [f"nginx TLS ceiling (`return 200`): {ceiling[0]['rps']:.0f} req/s, "
-                f"p99 {ceiling[0]['p99_ms']} ms", ""]  # fmt: skip
+        out += [
+            f"nginx TLS ceiling (`return 200`): {ceiling[0]['rps']:.0f} req/s, "
+            f"p99 {ceiling[0]['p99_ms']} ms",
+            "",
+        ]
     ours = [r for r in document["medians"] if r["target"] == "ours"]
-    out += [table(ours, ["via", "scenario", "rps", "p50_ms", "p99_ms", "app_cpu_us",
-                         "nginx_cpu_us", "redis_cpu_us", "worker_rss_mib"]), ""]  # fmt: skip
+    out += [table(ours, OURS_COLUMNS.split()), ""]
     for key in ("reference_sweep", "ours_scaling"):
         if key in document:
             out += [f"{key}:", "", table(document[key], ["server", "score_rps"]), ""]

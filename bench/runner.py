@@ -55,15 +55,26 @@ class Bench:
     def run(self, target: Measured, via: str, scenario: str, seconds: float) -> Result:
         """Measure once and keep the result."""
         run_id = f"{time.time_ns()}"
-        result = measure(target, via, scenario, seconds, self.args.warmup, self.load,
-                         self.inputs[target.name], run_id)  # fmt: skip
+        result = measure(
+            target,
+            via,
+            scenario,
+            seconds,
+            self.args.warmup,
+            self.load,
+            self.inputs[target.name],
+            run_id,
+        )
         result.phase = self.phase
         self.results.append(result)
         flag = "" if result.valid else f"  INVALID {result.errors}"
         cpu = sum(result.cpu_us_per_request.values())
-        print(f"  {target.name:13} {target.label:29} {via:6} {scenario:5} "
-              f"{result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
-              f"  {cpu:6.0f} µs CPU/req{flag}", flush=True)  # fmt: skip
+        print(
+            f"  {target.name:13} {target.label:29} {via:6} {scenario:5} "
+            f"{result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+            f"  {cpu:6.0f} µs CPU/req{flag}",
+            flush=True,
+        )
         return result
 
     def quick_score(self, name: str, server: ServerConfig) -> float:
@@ -85,16 +96,26 @@ class Bench:
         """Mixed load (POST, GET hit, GET miss in turn) for a while; sample() every 30 s."""
         samples = []
         digests = self.inputs[target.name].file_for("mix", minutes * 60)
-        argv = ["wrk", f"--threads={self.load.threads}",
-                f"--connections={self.load.connections}", f"--duration={round(minutes * 60)}s",
-                f"--script={WRK_SCRIPT}", target.url(EDGE), "--", "mix", str(digests),
-                f"soak-{time.time_ns()}", str(self.load.threads)]  # fmt: skip
+        argv = [
+            "wrk",
+            f"--threads={self.load.threads}",
+            f"--connections={self.load.connections}",
+            f"--duration={round(minutes * 60)}s",
+            f"--script={WRK_SCRIPT}",
+            target.url(EDGE),
+            "--",
+            "mix",
+            str(digests),
+            f"soak-{time.time_ns()}",
+            str(self.load.threads),
+        ]
         started = time.monotonic()
         with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as wrk:
             try:
                 while wrk.poll() is None:
-                    samples.append({"minute": round((time.monotonic() - started) / 60, 2),
-                                    **sample()})  # fmt: skip
+                    samples.append(
+                        {"minute": round((time.monotonic() - started) / 60, 2), **sample()}
+                    )
                     print(f"  soak {samples[-1]}", flush=True)
                     time.sleep(min(SOAK_SAMPLE_SECONDS, minutes * 60 / 4))
             finally:

@@ -28,7 +28,7 @@ from werkzeug.test import EnvironBuilder
 
 from native.harness import free_port, redis_executor
 from native.otlp_receiver import start_receiver
-from service import logs, metrics, telemetry
+from service import logs, speedups, telemetry
 
 # name: (what is left out, sampler, other settings)
 VARIANTS = {
@@ -75,10 +75,16 @@ def environs(scenario: str, n: int, digest: str) -> list[dict]:
     """n WSGI requests of a scenario, as nginx would pass them on."""
     headers = {"X-Request-ID": "bench-signals"}
     if scenario == "post":
-        return [EnvironBuilder(path="/messages", method="POST", headers=headers,
-                               data=json.dumps({"message": f"signals {time.time_ns()} {i}"}),
-                               content_type="application/json").get_environ()
-                for i in range(n)]  # fmt: skip
+        return [
+            EnvironBuilder(
+                path="/messages",
+                method="POST",
+                headers=headers,
+                data=json.dumps({"message": f"signals {time.time_ns()} {i}"}),
+                content_type="application/json",
+            ).get_environ()
+            for i in range(n)
+        ]
     path = "/messages/" + (digest if scenario == "hit" else "0" * 64)
     return [EnvironBuilder(path=path, headers=headers).get_environ() for _ in range(n)]
 
@@ -101,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help="per variant and round")
     args = p.parse_args(argv)
     logging.config.dictConfig(logs.logging_config())  # as gunicorn.conf.py does
-    logs.lighten_records()
-    metrics.cache_pid_for_multiprocess_values()
+    speedups.lighten_records()
+    speedups.cache_pid_for_multiprocess_values()
     sink = start_receiver(keep=False)  # a collector elsewhere: count only
     with tempfile.TemporaryDirectory() as scratch:
         redis = redis_executor(Path(scratch), free_port())

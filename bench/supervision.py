@@ -71,18 +71,24 @@ def cpu_seconds(run: MakeRun) -> dict[int, tuple[str, float]]:
 def wrk(url: str, seconds: int, connections: int, scenario: str) -> dict:
     """wrk's summary line (bench/wrk/api.lua prints one JSON line)."""
     out = subprocess.run(
-        ["wrk", "--threads", "1", "--connections", str(connections), "--duration",
-         f"{seconds}s", "--script", str(WRK_SCRIPT), url, "--", scenario],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            *("wrk", "--threads", "1", "--connections", str(connections)),
+            *("--duration", f"{seconds}s", "--script", str(WRK_SCRIPT)),
+            *(url, "--", scenario),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
 def measure(seconds: int, connections: int, scenario: str) -> dict:
     """Start make run, load it, and return requests, rps and CPU µs per request by kind."""
     state = Path(tempfile.mkdtemp(prefix="bench-supervision-")) / "state"
-    run = MakeRun(state_dir=state, env=make_run_env(state, RATE_LIMIT_RPS="100000",
-                                                     RATE_LIMIT_BURST="100000"))  # fmt: skip
+    run = MakeRun(
+        state_dir=state, env=make_run_env(state, RATE_LIMIT_RPS="100000", RATE_LIMIT_BURST="100000")
+    )
     try:
         run.start()
         wrk(run.url, 3, connections, scenario)  # warm up

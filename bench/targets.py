@@ -14,7 +14,8 @@ import requests
 
 from bench.measure import CpuTimes, cpu_times, rss
 from native.harness import CERT, Stack, make_stack
-from native.stack import ROOT, Process
+from native.processes import Process
+from native.settings import ROOT
 
 DIRECT, EDGE = "direct", "edge"
 # The benchmark sends thousands of requests a second from one address.
@@ -119,9 +120,12 @@ def _reference_app(proc: Process) -> Process:
         return proc
     password = Path(proc.env["REDIS_PASSWORD_FILE"]).read_text().strip()
     redis_url = proc.env["REDIS_URL"].replace("redis://", f"redis://:{password}@", 1)
-    argv = [sys.executable, "-m", "gunicorn",
-            "--config", str(ROOT / "bench" / "reference.gunicorn.conf.py"),
-            "--chdir", str(ROOT), "bench.reference_app:app"]  # fmt: skip
+    argv = [
+        *(sys.executable, "-m", "gunicorn"),
+        *("--config", str(ROOT / "bench" / "reference.gunicorn.conf.py")),
+        *("--chdir", str(ROOT)),
+        "bench.reference_app:app",
+    ]
     env = {**proc.env, "REFERENCE_REDIS_URL": redis_url}
     return dataclasses.replace(proc, argv=argv, env=env, ready_path=None)
 
@@ -141,8 +145,9 @@ def seed(target: Target, messages: list[str]) -> list[str]:
     session.trust_env = False
     digests = []
     for message in messages:
-        r = session.post(f"{target.url(EDGE)}/messages", json={"message": message},
-                         verify=CERT, timeout=10)  # fmt: skip
+        r = session.post(
+            f"{target.url(EDGE)}/messages", json={"message": message}, verify=CERT, timeout=10
+        )
         r.raise_for_status()
         digests.append(r.json()["digest"])
     return digests

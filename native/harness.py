@@ -12,23 +12,20 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, TypedDict
 
 import port_for
 import redis
 import requests
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
-from native.stack import (
-    DEFAULT_PORTS,
-    ROOT,
-    Process,
-    StackConfig,
-    processes,
-    redis_instance_config,
-    remove_edge_cache,
-)
+from native.configs import CERTIFICATE
+from native.edge_cache import remove_edge_cache
+from native.processes import Process, processes
+from native.redis_files import redis_instance_config
+from native.settings import DEFAULT_PORTS, StackConfig
 
-CERT = str(ROOT / "localhost.crt")
+CERT = str(CERTIFICATE)
 START_TIMEOUT = 60
 
 
@@ -80,17 +77,28 @@ def cluster_ports_env() -> dict[str, str]:
     return ports
 
 
+class ExecutorOptions(TypedDict):
+    """mirakuru's options that every executor of a stack process gets."""
+
+    envvars: dict[str, str]
+    stdout: IO[bytes]
+    stderr: int
+    timeout: float
+    stop_signal: int
+    expected_returncode: int | None
+
+
 def executor(proc: Process, log_dir: Path) -> SimpleExecutor:
     """A mirakuru executor for a stack process, waiting for its port or ready path."""
     log = (log_dir / f"{proc.name}.log").open("ab")
-    common = {
-        "envvars": proc.env,
-        "stdout": log,
-        "stderr": subprocess.STDOUT,
-        "timeout": START_TIMEOUT,
-        "stop_signal": signal.Signals[f"SIG{proc.stop_signal}"],
-        "expected_returncode": proc.stop_exit_code or None,
-    }
+    common = ExecutorOptions(
+        envvars=proc.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        timeout=START_TIMEOUT,
+        stop_signal=signal.Signals[f"SIG{proc.stop_signal}"],
+        expected_returncode=proc.stop_exit_code or None,
+    )
     if proc.port is None:  # a job with nothing to wait for
         return SimpleExecutor(proc.argv, **common)
     if proc.ready_path:
@@ -119,7 +127,7 @@ class Stack:
         password = self.cfg.redis_password_file.read_text().strip()
         return redis.Redis(port=self.cfg.ports["redis"], password=password)
 
-    def edge_lines(self) -> list[dict]:
+    def edge_lines(self) -> list[dict[str, Any]]:
         """nginx's JSON access lines so far (written in blocks, at least once a second)."""
         text = (self.log_dir / "nginx.log").read_text()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
@@ -128,7 +136,7 @@ class Stack:
         """The text a part of the stack serves on /metrics (app_metrics, mtail, ...)."""
         return requests.get(f"http://{self.cfg.address(part)}/metrics", timeout=10).text
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """A request through the TLS edge, verified against localhost.crt."""
         kwargs.setdefault("timeout", 30)
         return self.http.request(method, self.url + path, **kwargs)
@@ -165,6 +173,7 @@ def make_stack(
         "RATE_LIMIT_RPS": "10000",
         "RATE_LIMIT_BURST": "10000",
     }
+    # Its processes inherit this one's environment, as make run's do, with ours on top.
     cfg = StackConfig.from_env({**os.environ, **base, **env})
 
     def wanted(name: str) -> bool:  # "app" stands for every app instance (app-2, ...)
@@ -181,7 +190,11 @@ def make_stack(
 
 def redis_executor(tmp: Path, port: int, *extra: str) -> TCPExecutor:
     """A redis-server with the repo's redis.conf, its data in tmp."""
-    argv = ["redis-server", str(redis_instance_config(tmp)), "--bind", "127.0.0.1",
-            "--port", str(port), "--dir", str(tmp), *extra]  # fmt: skip
+    argv = [
+        "redis-server",
+        str(redis_instance_config(tmp)),
+        *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp)),
+        *extra,
+    ]
     log = (tmp / "redis.log").open("ab")
     return TCPExecutor(argv, host="127.0.0.1", port=port, stdout=log, timeout=START_TIMEOUT)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -18,7 +19,7 @@ import requests
 from mirakuru import SimpleExecutor
 
 from native.harness import CERT, free_ports_env
-from native.stack import ROOT
+from native.settings import ROOT, StackConfig
 
 START_TIMEOUT = 180  # make run installs nothing here, but a cluster takes a while to form
 STOP_TIMEOUT = 90  # make run's own limit (native/run.py) and some
@@ -42,22 +43,38 @@ class MakeRun:
     output: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
 
     @property
+    def make_env(self) -> dict[str, str]:
+        """The environment make and its tools run in: this process's, with ours on top."""
+        return {**os.environ, **self.env}
+
+    @property
+    def settings(self) -> StackConfig:
+        """The stack's settings, as make run reads them."""
+        return StackConfig.from_env(self.make_env)
+
+    @property
     def url(self) -> str:
         """The public HTTPS base URL."""
-        return f"https://localhost:{self.env['EDGE_PORT']}"
+        return f"https://localhost:{self.settings.edge_port}"
 
     def port(self, name: str) -> int:
         """A port of the stack, by its variable's name (PROMETHEUS, MTAIL, ...)."""
-        return int(self.env[f"{name}_PORT"])
+        return self.settings.ports[name.lower()]
 
     def start(self, ready: bool = True) -> MakeRun:
         """make run, waited for until it says it serves and (if `ready`) the edge's /readyz
         says 200; fails with what it printed if it stops first."""
-        self.make = SimpleExecutor(["make", "--no-print-directory", "run"], cwd=str(ROOT),
-                                   envvars=self.env, stdout=self.output,
-                                   stderr=subprocess.STDOUT, timeout=START_TIMEOUT)  # fmt: skip
-        self.make.start()
-        self.make.wait_for(lambda: self.serving(ready) or not self.make.running())
+        make = SimpleExecutor(
+            ["make", "--no-print-directory", "run"],
+            cwd=str(ROOT),
+            envvars=self.env,  # on top of this process's environment
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            timeout=START_TIMEOUT,
+        )
+        self.make = make
+        make.start()
+        make.wait_for(lambda: self.serving(ready) or not make.running())
         if not self.serving(ready):
             raise AssertionError(f"make run did not serve:\n{self.console()[-4000:]}")
         return self
@@ -73,10 +90,11 @@ class MakeRun:
 
     def signal_stop(self, sig: int = signal.SIGINT) -> None:
         """Stop it as Ctrl-C (SIGINT to the terminal's process group) or `kill` does."""
-        assert self.make is not None
-        os.killpg(self.make.process.pid, sig)
+        make = self.make
+        assert make is not None and make.process is not None, "make run was not started"
+        os.killpg(make.process.pid, sig)
         # Not make.wait_for: its deadline counts from the start, which may be long past.
-        until(lambda: not self.make.running(), STOP_TIMEOUT, every=0.2)
+        until(lambda: not make.running(), STOP_TIMEOUT, every=0.2)
 
     def kill(self) -> None:
         """Whatever happened, leave nothing running."""
@@ -85,11 +103,17 @@ class MakeRun:
                 self.signal_stop(signal.SIGTERM)
             self.make.kill()
 
-    def tool(self, *args: str) -> subprocess.CompletedProcess:
+    def tool(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`make <args>` (status, stop, restart C=...) for this stack."""
-        return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT,
-                              env={**os.environ, **self.env}, capture_output=True, text=True,
-                              timeout=120, check=False)  # fmt: skip
+        return subprocess.run(
+            ["make", "--no-print-directory", *args],
+            cwd=ROOT,
+            env=self.make_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def status(self) -> dict[str, tuple[str, int | None, int]]:
         """`make status`: component -> (state, pid, restarts)."""
@@ -125,7 +149,7 @@ class MakeRun:
         return {
             c.laddr.port
             for c in psutil.net_connections("tcp")
-            if c.status == "LISTEN" and c.laddr.port in ours
+            if c.status == "LISTEN" and c.laddr and c.laddr.port in ours
         }
 
 
@@ -134,7 +158,7 @@ def make_run_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return {**free_ports_env(), "STATE_DIR": str(state_dir), **extra}
 
 
-def until(check, seconds: float, every: float = 0.05) -> float:
+def until(check: Callable[[], object], seconds: float, every: float = 0.05) -> float:
     """Seconds until check() is truthy; fails after `seconds`."""
     started = time.monotonic()
     while not check():

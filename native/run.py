@@ -27,8 +27,11 @@ from typing import IO
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from native import supervise
+from native.edge_cache import remove_edge_cache
 from native.finish import say
-from native.stack import Process, StackConfig, processes, redis_data_dir, remove_edge_cache
+from native.processes import Process, processes
+from native.redis_files import redis_data_dir
+from native.settings import StackConfig
 from native.supervise import scan_dir
 
 READY_TIMEOUT = 120  # seconds for every component to answer after a start
@@ -90,7 +93,7 @@ def check_free(cfg: StackConfig, procs: list[Process]) -> None:
         )
 
 
-def wait_until_ready(procs: list[Process], supervisor: subprocess.Popen) -> bool:
+def wait_until_ready(procs: list[Process], supervisor: subprocess.Popen[bytes]) -> bool:
     """Say each component is ready as it starts answering; False if not all did in time
     (or the supervisor ended)."""
     pending = list(procs)
@@ -156,9 +159,9 @@ def start(cfg: StackConfig) -> int:
 
 def serve(cfg: StackConfig, procs: list[Process]) -> int:
     services = [p for p in procs if not p.job]
-    scan = supervise.write_services(cfg, services, os.environ)
+    scan = supervise.write_services(cfg, services)
     print(describe_topology(cfg), flush=True)
-    supervisor = supervise.start_supervisor(scan)
+    supervisor = supervise.start_supervisor(scan, cfg.child_env)
     stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:

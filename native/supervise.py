@@ -2,7 +2,7 @@
 
 s6 (Debian's package: s6-svscan, s6-supervise, s6-log) is a small supervision suite written
 in C. Each component gets a service folder under .state/supervise/ with:
-- run: its command line and environment (native/stack.py's Process), as a session leader;
+- run: its command line and environment (native/processes.py's Process), as a session leader;
 - finish: native/finish.py, run after each exit: restart with backoff, give up on a crash
   loop, lifecycle lines on the console, restart metrics for the node exporter;
 - log/run: s6-log writing the component's output to .state/logs/<name>/current, rotated by
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from native.finish import DEATHS_FILE, GIVEN_UP_FILE, restarts_so_far, write_metrics
-from native.stack import ROOT, Process, StackConfig, textfile_dir
+from native.processes import Process, app_env, textfile_dir
+from native.settings import ROOT, StackConfig
 from service.config import ServerSettings
 
 # Lines copied to make run's console: warnings and errors in each component's own format
@@ -71,16 +72,18 @@ def _script(path: Path, lines: Iterable[str]) -> None:
 def stop_timeout_ms(proc: Process, cfg: StackConfig) -> int:
     """How long a component may take to stop once asked: gunicorn finishes its requests."""
     if kind(proc.name) == "app":
-        return (ServerSettings.from_env(cfg.app_env()).graceful_timeout + 5) * 1000
+        return (ServerSettings.from_env(app_env(cfg)).graceful_timeout + 5) * 1000
     return STOP_TIMEOUT_MS
 
 
-def write_service(cfg: StackConfig, proc: Process, base_env: Mapping[str, str]) -> Path:
+def write_service(cfg: StackConfig, proc: Process) -> Path:
     """The s6 service folder of one component."""
     folder = scan_dir(cfg) / proc.name
     (folder / "data").mkdir(parents=True)
     (folder / "log").mkdir()
-    own_env = {k: v for k, v in proc.env.items() if base_env.get(k) != v}
+    # The supervisor runs in the stack's environment (start_supervisor): the run script
+    # exports only what the component's own adds or changes.
+    own_env = {k: v for k, v in proc.env.items() if cfg.child_env.get(k) != v}
     generated = "# Written by native/supervise.py at each make run; edits here are lost."
     _script(
         folder / "run",
@@ -141,22 +144,23 @@ def write_service(cfg: StackConfig, proc: Process, base_env: Mapping[str, str]) 
     return folder
 
 
-def write_services(cfg: StackConfig, procs: list[Process], base_env: Mapping[str, str]) -> Path:
+def write_services(cfg: StackConfig, procs: list[Process]) -> Path:
     """A fresh scan folder with a service for each long-running process."""
     scan = scan_dir(cfg)
     shutil.rmtree(scan, ignore_errors=True)  # what an earlier run left, control pipes included
     scan.mkdir(parents=True)
     for proc in procs:
-        write_service(cfg, proc, base_env)
+        write_service(cfg, proc)
     (scan / ORDER_FILE).write_text("".join(f"{p.name}\n" for p in procs))
     return scan
 
 
-def start_supervisor(scan: Path) -> subprocess.Popen:
-    """s6-svscan on the scan folder, in a session of its own: Ctrl-C in make run's terminal
-    reaches only make run, which stops the stack through the supervisor (were the signal to
-    reach every component at once, the supervisor would restart them)."""
-    return subprocess.Popen(["s6-svscan", str(scan)], start_new_session=True)
+def start_supervisor(scan: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """s6-svscan on the scan folder, in the stack's environment and a session of its own:
+    Ctrl-C in make run's terminal reaches only make run, which stops the stack through the
+    supervisor (were the signal to reach every component at once, the supervisor would
+    restart them)."""
+    return subprocess.Popen(["s6-svscan", str(scan)], env=dict(env), start_new_session=True)
 
 
 def supervisor_running(scan: Path) -> bool:
@@ -182,7 +186,7 @@ def is_ready(proc: Process) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 response.read()  # all of it: an exporter logs an error for a cut scrape
-                return response.status == 200
+                return int(response.status) == 200
         except (OSError, urllib.error.URLError):
             return False
     try:

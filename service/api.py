@@ -1,4 +1,4 @@
-"""The /messages API and the JSON error handlers."""
+"""The /messages API."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from functools import cache
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from service.store import MessageStore, StoreFull, StoreUnavailable
+from service.errors import ApiError, error_response
+from service.store import MessageStore
 
 bp = Blueprint("messages", __name__)
 
@@ -21,17 +21,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 _IF_NONE_MATCH = "HTTP_IF_NONE_MATCH"  # WSGI environ key
 
 
-class ApiError(Exception):
-    """An error answered as {"err_msg": ...} with the given status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _store() -> MessageStore:
-    return current_app.extensions["message_store"]
+    store: MessageStore = current_app.extensions["message_store"]
+    return store
 
 
 @cache
@@ -63,7 +55,7 @@ def get_message(digest: str) -> Response:
     key = digest.lower()
     data = _store().get(key)
     if data is None:  # answered here, not raised: a miss is common, not exceptional
-        return _error(404, "Message not found")
+        return error_response(404, "Message not found")
     # If-None-Match compares weakly (RFC 9110, 13.1.2): W/"<digest>" and * match too.
     if _IF_NONE_MATCH in request.environ and request.if_none_match.contains_weak(key):
         response = current_app.response_class(status=304)
@@ -117,7 +109,7 @@ def _parse_json(body: bytes) -> object:
         raise ApiError(400, f"Body is not valid JSON: {exc}") from None
 
 
-def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         raise ValueError("duplicate key in object")
@@ -128,50 +120,6 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
-def _error(status: int, message: str) -> Response:
-    response = jsonify(err_msg=message)
-    response.status_code = status
-    return response
-
-
-def _api_error(exc: ApiError) -> Response:
-    return _error(exc.status, exc.message)
-
-
-def _http_error(exc: HTTPException) -> Response:
-    if isinstance(exc, RequestEntityTooLarge):
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return _error(413, f"Request body is larger than {limit} bytes")
-    # Werkzeug's default descriptions are HTML-oriented prose; its short names read better.
-    custom = exc.description != type(exc).description
-    response = _error(exc.code or 500, exc.description if custom else exc.name)
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
-
-
-def _store_unavailable(exc: StoreUnavailable) -> Response:
-    current_app.logger.warning("store unavailable: %s", exc)
-    response = _error(503, "Store unavailable, try again later")
-    response.headers["Retry-After"] = "1"
-    return response
-
-
-def _store_full(exc: StoreFull) -> Response:
-    current_app.logger.error("store full: %s", exc)
-    return _error(507, "Store is full, message not stored")
-
-
-def _unexpected(exc: Exception) -> Response:
-    current_app.logger.exception("unhandled error")
-    return _error(500, "Internal server error")
-
-
 def init_app(app: Flask) -> None:
-    """Register the API and answer every error, the framework's own included, as JSON."""
+    """Register the API. Its errors are answered by the app-wide handlers (service/errors.py)."""
     app.register_blueprint(bp)
-    app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(StoreUnavailable, _store_unavailable)
-    app.register_error_handler(StoreFull, _store_full)
-    app.register_error_handler(Exception, _unexpected)

@@ -3,54 +3,78 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
-from service import api, health, logs, metrics, request_id, telemetry
-from service.config import Settings
+from service import (
+    api,
+    errors,
+    health,
+    logs,
+    metrics,
+    request_id,
+    speedups,
+    telemetry,
+    wsgi_middleware,
+)
+from service.config import ServerSettings, Settings
 from service.jsonio import OrjsonProvider
+from service.metrics import StoreMetrics
 from service.store import MessageStore, make_client
 
 
-class ServiceFlask(Flask):
-    """Flask, deciding once per function, not on every call, whether a hook or view needs
-    the async adapter: Flask runs inspect.iscoroutinefunction on each of the request's
-    nine hooks and its view, about 3% of a request's CPU (docs/performance.md)."""
-
-    @functools.cached_property
-    def _ensured(self) -> dict[Callable, Callable]:
-        return {}
-
-    def ensure_sync(self, func: Callable) -> Callable:
-        """As Flask's, remembered per function."""
-        try:
-            return self._ensured[func]
-        except KeyError:
-            return self._ensured.setdefault(func, super().ensure_sync(func))
-        except TypeError:  # not hashable: nothing to remember it by
-            return super().ensure_sync(func)
-
-
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from settings, a mapping of setting names, or the environment."""
-    settings = config if isinstance(config, Settings) else Settings.from_env(config)
-    app = ServiceFlask(__name__)
+    """Build the app from settings, a mapping of setting names, or the environment.
+
+    The parts are added in the order below, each where its comment says why. What makes the
+    order matter: Flask runs before_request hooks in the order they were added and
+    after_request hooks in the reverse order, and WSGI middleware added later runs earlier.
+    In a gunicorn worker, telemetry.setup_tracing() has run already (post_fork)."""
+    env = config if isinstance(config, Mapping) else os.environ
+    settings = config if isinstance(config, Settings) else Settings.from_env(env)
+    app = _flask_app(settings)
+    # Errors first: whatever part below fails, /readyz and unknown paths included, the
+    # answer is JSON, whichever routes are registered.
+    errors.init_app(app)
+    # The start stamp, before the request metrics and the access line that read it (both
+    # check at init_app).
+    wsgi_middleware.init_app(app)
+    # Metrics before the store, which records into them. Their after_request hook, added
+    # first, runs last: it counts the status the client gets.
+    store_metrics = metrics.init_app(app, settings.revision, ServerSettings.from_env(env).capacity)
+    # The store before the routes that use it (health.init_app checks).
+    app.extensions["message_store"] = _message_store(settings, store_metrics)
+    # Tracing after the stamp and the metrics' middleware, so that their timings and counts
+    # leave out its sampling decision and instrumentation, as for an untraced request; before
+    # the request id, whose before_request hook tags the span that tracing's hook starts.
+    telemetry.instrument_app(app)
+    request_id.init_app(app)
+    # The access line (if asked for) anywhere after the stamp: it reads the request id and
+    # trace context when it logs, after every before_request hook has run.
+    logs.init_app(app, settings.access_log)
+    # Routes last: everything they rely on is in place.
+    health.init_app(app)
+    api.init_app(app)
+    return app
+
+
+def _flask_app(settings: Settings) -> Flask:
+    app = speedups.FlaskEnsureSyncOnce(__name__)
     # "//" in a path is a 404 like any unknown path, not an HTML redirect.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # UTF-8 as is: JSON is UTF-8 by definition; escaping non-ASCII only makes it bigger.
     app.json = OrjsonProvider(app)
     app.extensions["settings"] = settings
-    store_metrics = metrics.init_app(app, settings.revision)
+    return app
+
+
+def _message_store(settings: Settings, store_metrics: StoreMetrics) -> MessageStore:
+    """The store; its Redis commands are traced only if this process set up tracing
+    (telemetry.client_tracer)."""
     wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     connect = functools.partial(make_client, settings)
-    store = MessageStore(connect, store_metrics, wait, trace_client=telemetry.client_tracer())
-    app.extensions["message_store"] = store
-    telemetry.instrument_app(app)  # first: its span must exist when the request id is set
-    request_id.init_app(app)
-    logs.init_app(app, settings.access_log)
-    health.init_app(app)
-    api.init_app(app)
-    return app
+    return MessageStore(connect, store_metrics, wait, trace_client=telemetry.client_tracer())

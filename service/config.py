@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,3 +236,17 @@ class ServerSettings:
             graceful_timeout=_get(env, "GRACEFUL_TIMEOUT", d.graceful_timeout, int),
             timeout=_get(env, "WORKER_TIMEOUT", d.timeout, int),
         )
+
+
+# Settings of ours that gunicorn also reads itself, from os.environ, when it is imported, and
+# fails on when empty (compose passes an unset variable as empty). Here, as for every
+# setting, empty means the default.
+READ_BY_GUNICORN = ("WEB_CONCURRENCY",)
+
+
+def unset_empty_gunicorn_settings(environ: MutableMapping[str, str]) -> None:
+    """Remove from environ those of READ_BY_GUNICORN that are empty, before gunicorn is
+    imported."""
+    for name in READ_BY_GUNICORN:
+        if name in environ and not environ[name].strip():
+            del environ[name]

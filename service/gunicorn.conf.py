@@ -15,8 +15,12 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="messages-metrics-", dir=_shm)
 
 from service.config import ServerSettings  # noqa: E402
-from service.logs import NoAccessLogger, lighten_records, logging_config  # noqa: E402
-from service.metrics import cache_pid_for_multiprocess_values  # noqa: E402
+from service.logs import logging_config  # noqa: E402
+from service.speedups import (  # noqa: E402
+    NoAccessLogger,
+    cache_pid_for_multiprocess_values,
+    lighten_records,
+)
 
 cache_pid_for_multiprocess_values()  # before any metric value exists, in any process
 

@@ -15,11 +15,14 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the store answers a PING (StoreUnavailable becomes a 503)."""
+    """Readiness: the store answers a PING (StoreUnavailable becomes the JSON 503 of the
+    app-wide error handlers, service/errors.py)."""
     current_app.extensions["message_store"].ping()
     return jsonify(status="ready")
 
 
 def init_app(app: Flask) -> None:
-    """Register the health endpoints."""
+    """Register the health endpoints (the app's store in place first)."""
+    if "message_store" not in app.extensions:
+        raise RuntimeError("health.init_app needs app.extensions['message_store'] first")
     app.register_blueprint(bp)

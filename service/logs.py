@@ -15,19 +15,19 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
-from gunicorn.glogging import Logger as GunicornLogger
+from flask import Flask, Response, g, has_request_context
 from opentelemetry import trace
 
 from service.metrics import path as route_of
-from service.metrics import request_started
+from service.speedups import current_request
+from service.wsgi_middleware import request_started, require_start_stamp
 
 ACCESS_LOGGER = "service.access"
 
 
 def request_context() -> dict[str, str]:
     """The request id and trace context of the request being served, those that exist."""
-    fields = {}
+    fields: dict[str, str] = {}
     if has_request_context() and "request_id" in g:
         fields["request_id"] = g.request_id
     context = trace.get_current_span().get_span_context()
@@ -81,27 +81,9 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
     }
 
 
-def lighten_records() -> None:
-    """Skip what every log record would otherwise gather and no line of ours prints: the
-    caller's file and line (a stack walk), thread and multiprocessing names. (The logging
-    HOWTO's "Optimization" section names these switches.)"""
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-
-
-class NoAccessLogger(GunicornLogger):
-    """Gunicorn's logger without gunicorn's access log: nginx writes one line per request (and
-    the app, if asked), and gunicorn builds its own line's fields for every request whenever a
-    logging config is set, even with no access log to write them to."""
-
-    def access(self, resp, req, environ, request_time) -> None:
-        """Nothing: see the class."""
-
-
 def _access_line(logger: logging.Logger) -> Callable[[Response], Response]:
     def log_access(response: Response) -> Response:
-        req = request._get_current_object()  # type: ignore[attr-defined]
+        req = current_request()
         # Digests and sizes only: message text never reaches a log line.
         fields = {
             "method": req.method,
@@ -122,4 +104,5 @@ def init_app(app: Flask, access_log: bool) -> None:
     """With access_log, write one access line per request (for deployments without nginx,
     whose JSON line per request already says what this one would)."""
     if access_log:
+        require_start_stamp(app, "the access line")
         app.after_request(_access_line(logging.getLogger(ACCESS_LOGGER)))

@@ -10,18 +10,21 @@ registry each), so every app made in tests counts on its own.
 
 from __future__ import annotations
 
-import os
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, Response, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from flask import Flask, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service import __version__
-from service.config import ServerSettings
+from service import __version__, wsgi_middleware
+from service.speedups import current_request
+from service.wsgi_middleware import request_started
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 # Request latency: from well under a millisecond (a cached GET) to the 10 s nginx waits at
 # most. 0.025 s and 0.1 s are the latency SLO thresholds (see the alerting rules).
@@ -47,19 +50,6 @@ REDIS_ERROR_KINDS = ("timeout", "connection", "other")
 UNMATCHED_ROUTE = "<unmatched>"
 
 
-def cache_pid_for_multiprocess_values() -> None:
-    """In multiprocess mode, prometheus_client asks the kernel for the process id on every
-    metric update, to notice a fork: eight system calls per request here, 5% of a request's
-    CPU (docs/performance.md). The id is cached instead, and refreshed in a forked child,
-    which is the same rule. Call it before any metric value exists in the process (as
-    gunicorn.conf.py does): values made before it keep writing through their own files."""
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        return
-    pid = [os.getpid()]
-    os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
-
-
 def path(request: Request) -> str:
     """The route template, never the raw path: bounded label values. (The function's name
     becomes the label name, `path`, as in prometheus-flask-exporter's default.)"""
@@ -83,24 +73,29 @@ class StoreMetrics:
             redis_duration=Histogram(
                 "messages_redis_command_duration_seconds",
                 "Time of one Redis command as the app sees it, retries included",
-                ["command"], buckets=REDIS_BUCKETS, registry=registry,
+                ["command"],
+                buckets=REDIS_BUCKETS,
+                registry=registry,
             ),
             redis_errors=Counter(
                 "messages_redis_errors_total",
                 "Redis commands that failed, by command and kind of failure",
-                ["command", "kind"], registry=registry,
+                ["command", "kind"],
+                registry=registry,
             ),
             stored=Counter(
                 "messages_stored_total",
                 "Messages accepted, by whether they were new or already stored",
-                ["result"], registry=registry,
+                ["result"],
+                registry=registry,
             ),
             lookups=Counter(
                 "messages_lookups_total",
                 "Message lookups by digest, by whether the message was found",
-                ["result"], registry=registry,
+                ["result"],
+                registry=registry,
             ),
-        )  # fmt: skip
+        )
         _touch(metrics.redis_duration, [(c,) for c in REDIS_COMMANDS])
         _touch(metrics.redis_errors, [(c, k) for c in REDIS_COMMANDS for k in REDIS_ERROR_KINDS])
         _touch(metrics.stored, [("new",), ("existing",)])
@@ -117,17 +112,11 @@ def _touch(metric: Any, label_sets: Iterable[tuple[str, ...]]) -> None:
 # Methods outside these are counted as "other": the method is the client's to choose, and a
 # label value per invented method would be a series per invented method.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-STARTED = "messages.started"  # WSGI environ key: perf_counter() when the request came in
 _RECORDED = "messages.recorded"  # WSGI environ key: counted already
 
 
 def _method_label(method: str) -> str:
     return method if method in METHODS else "other"
-
-
-def request_started(environ: dict) -> float:
-    """When the app began serving this request (perf_counter), for every request signal."""
-    return environ[STARTED]
 
 
 class RequestMetrics:
@@ -140,16 +129,24 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["method", "path", "status"]
         self.duration = Histogram(
-            "flask_http_request_duration_seconds", "Flask HTTP request duration in seconds",
-            labels, buckets=REQUEST_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.total = Counter("flask_http_request_total", "Total number of HTTP requests",
-                             ["method", "status"], registry=registry)  # fmt: skip
+            "flask_http_request_duration_seconds",
+            "Flask HTTP request duration in seconds",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.total = Counter(
+            "flask_http_request_total",
+            "Total number of HTTP requests",
+            ["method", "status"],
+            registry=registry,
+        )
         self.exceptions = Counter(
             "flask_http_request_exceptions_total",
             "Total number of HTTP requests which resulted in an exception",
-            ["method", "status"], registry=registry,
-        )  # fmt: skip
+            ["method", "status"],
+            registry=registry,
+        )
         self._bound: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -165,11 +162,12 @@ class RequestMetrics:
         total.inc()
 
     def init_app(self, app: Flask, in_flight: Gauge) -> None:
-        """Time every request from its first byte in the app, and record it when answered."""
-        inner: Callable = app.wsgi_app
+        """Count the requests in flight, and record each when answered, timed from the
+        stamp of its start (wsgi_middleware.init_app)."""
+        wsgi_middleware.require_start_stamp(app, "the request metrics")
+        inner = app.wsgi_app
 
-        def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-            environ[STARTED] = perf_counter()
+        def wsgi_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             in_flight.inc()  # failed requests included
             try:
                 return inner(environ, start_response)
@@ -177,7 +175,7 @@ class RequestMetrics:
                 in_flight.dec()
 
         def after_request(response: Response) -> Response:
-            req = request._get_current_object()  # type: ignore[attr-defined]
+            req = current_request()
             seconds = perf_counter() - request_started(req.environ)
             self.record(req.method, path(req), response.status_code, seconds)
             req.environ[_RECORDED] = True
@@ -188,19 +186,20 @@ class RequestMetrics:
             # client gets gunicorn's 500.
             if exc is None:
                 return
-            req = request._get_current_object()  # type: ignore[attr-defined]
+            req = current_request()
             self.exceptions.labels(_method_label(req.method), "500").inc()
             if not req.environ.get(_RECORDED):
                 seconds = perf_counter() - request_started(req.environ)
                 self.record(req.method, path(req), 500, seconds)
 
-        app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+        wsgi_middleware.install(app, wsgi_app)
         app.after_request(after_request)
         app.teardown_request(teardown_request)
 
 
-def init_app(app: Flask, revision: str) -> StoreMetrics:
-    """Instrument the app's requests; return the store's metrics for it to record into."""
+def init_app(app: Flask, revision: str, capacity: int) -> StoreMetrics:
+    """Instrument the app's requests; return the store's metrics for it to record into.
+    `capacity`: the requests this app instance serves at once (ServerSettings.capacity)."""
     registry = CollectorRegistry()
     in_flight = Gauge(
         "flask_http_requests_in_flight",
@@ -218,12 +217,12 @@ def init_app(app: Flask, revision: str) -> StoreMetrics:
     )
     build_info.labels(__version__, revision, platform.python_version()).set(1)
     # What "busy" is measured against (AppWorkersSaturated): the slots this instance has.
-    capacity = Gauge(
+    capacity_gauge = Gauge(
         "messages_worker_capacity",
         "Requests this app instance can serve at once (gunicorn workers x threads)",
         registry=registry,
         multiprocess_mode="max",
     )
-    capacity.set(ServerSettings.from_env().capacity)
+    capacity_gauge.set(capacity)
     app.extensions["metrics_registry"] = registry
     return StoreMetrics.create(registry)

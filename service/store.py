@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import weakref
 from collections.abc import Callable
 from time import perf_counter
+from typing import Any, TypeVar, cast
 
 import redis
-from opentelemetry import trace
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -17,8 +15,10 @@ from redis.sentinel import Sentinel
 
 from service.config import Settings
 from service.metrics import REDIS_COMMANDS, StoreMetrics
+from service.speedups import RedisClient, RedisClientPerTracing
 
 KEY_PREFIX = "msg:"
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -38,7 +38,12 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_client(settings: Settings) -> redis.Redis | RedisCluster:
+def _typed(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The function, for mypy to call: redis-py 8.1 leaves parts of its API unannotated."""
+    return function
+
+
+def make_client(settings: Settings) -> RedisClient:
     """A client for Redis standalone, through Sentinel, or a Redis Cluster, with its own
     connection pool(s), bounded timeouts and a bounded retry."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), settings.redis_retries)
@@ -49,11 +54,17 @@ def make_client(settings: Settings) -> redis.Redis | RedisCluster:
     password = {"password": settings.redis_password} if settings.redis_password else {}
     if settings.redis_mode == "sentinel":
         # Sentinel names the current master; on a failover the pool asks again.
-        sentinel = Sentinel(list(settings.redis_sentinels), sentinel_kwargs=dict(timeouts),
-                            **timeouts)  # fmt: skip
-        return sentinel.master_for(settings.redis_sentinel_master, retry=retry,
-                                   max_connections=settings.redis_max_connections,
-                                   **password, **timeouts)  # fmt: skip
+        sentinel: Sentinel = _typed(Sentinel)(
+            list(settings.redis_sentinels), sentinel_kwargs=dict(timeouts), **timeouts
+        )
+        master: redis.Redis = _typed(sentinel.master_for)(
+            settings.redis_sentinel_master,
+            retry=retry,
+            max_connections=settings.redis_max_connections,
+            **password,
+            **timeouts,
+        )
+        return master
     if settings.redis_mode == "cluster":
         # Any node's URL will do: the client learns the slots and follows MOVED/ASK.
         return RedisCluster.from_url(settings.redis_url, retry=retry, **password, **timeouts)
@@ -73,18 +84,14 @@ class MessageStore:
 
     def __init__(
         self,
-        connect: Callable[[], redis.Redis | RedisCluster],
+        connect: Callable[[], RedisClient],
         metrics: StoreMetrics,
         wait: tuple[int, int] = (0, 0),
-        trace_client: Callable[[redis.Redis | RedisCluster], None] | None = None,
+        trace_client: Callable[[RedisClient], None] | None = None,
     ) -> None:
-        self._connect = connect
         # Commands made while a span records (a traced request) go through a second client,
-        # instrumented by trace_client; the others skip tracing altogether. Keyed by "traced".
-        self._clients: dict[bool, redis.Redis | RedisCluster] = {}
-        self._trace_client = trace_client
-        self._traced_nodes: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
-        self._connect_lock = threading.Lock()
+        # instrumented by trace_client; the others skip tracing altogether.
+        self._clients = RedisClientPerTracing(connect, trace_client)
         self._wait_replicas, self._wait_timeout_ms = wait
         self._metrics = metrics
         # Bound once: looking a labelled child up on every request costs time.
@@ -105,30 +112,30 @@ class MessageStore:
             created = bool(self._call("SET", lambda r: self._set_replicated(r, key, data)))
         else:
             # execute_command: redis-py's set() inspects its arguments for deprecations first.
-            created = bool(self._call("SET", lambda r: r.execute_command("SET", key, data, "NX")))
+            created = bool(
+                self._call("SET", lambda r: _typed(r.execute_command)("SET", key, data, "NX"))
+            )
         self._stored[created].inc()
         return digest, created
 
-    def _set_replicated(self, target: redis.Redis | RedisCluster, key: str, data: bytes) -> bool:
+    def _set_replicated(self, target: RedisClient, key: str, data: bytes) -> bool:
         # SET and WAIT on one connection: WAIT counts the replicas that have this client's
         # writes. Too few in time: not acknowledged (503); the client's retry is harmless.
         if isinstance(target, RedisCluster):  # the key's master node, on one connection
-            node = target.get_node_from_key(key).redis_connection
-            if target is self._clients.get(True):  # instrumenting a cluster skips its nodes
-                self._trace_node(node)
-            target = node
+            target = self._clients.master_of(target, key)
         pipe = target.pipeline(transaction=False)
         pipe.set(key, data, nx=True)
-        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        _typed(pipe.execute_command)("WAIT", self._wait_replicas, self._wait_timeout_ms)
         created, replicas = pipe.execute()
         if replicas < self._wait_replicas:
             raise StoreUnavailable(f"written, but {replicas} of {self._wait_replicas} replicas")
-        return created
+        return bool(created)
 
     def get(self, digest: str) -> bytes | None:
         """The message bytes for a lowercase hex digest, or None."""
         key = KEY_PREFIX + digest
-        data = self._call("GET", lambda r: r.get(key))
+        # bytes, not str: the clients do not decode responses (make_client).
+        data = cast("bytes | None", self._call("GET", lambda r: r.get(key)))
         self._found[data is not None].inc()
         return data
 
@@ -138,45 +145,26 @@ class MessageStore:
 
     def close(self) -> None:
         """Release the pools' connections."""
-        for client in self._clients.values():
-            client.close()
+        self._clients.close()
 
-    def _redis(self) -> redis.Redis | RedisCluster:
-        """The client for this command, made on first use, under the timings and error mapping
-        of _call: a cluster client reads the slot map when it is made, and the app must start,
-        and answer 503, while Redis is unreachable or a cluster is still forming."""
-        traced = self._trace_client is not None and trace.get_current_span().is_recording()
-        client = self._clients.get(traced)
-        return client if client is not None else self._make_client(traced)
-
-    def _make_client(self, traced: bool) -> redis.Redis | RedisCluster:
-        with self._connect_lock:
-            if traced not in self._clients:
-                client = self._connect()
-                if traced:
-                    self._trace_client(client)  # type: ignore[misc]
-                self._clients[traced] = client
-            return self._clients[traced]
-
-    def _trace_node(self, node: redis.Redis) -> None:
-        with self._connect_lock:
-            if node not in self._traced_nodes:
-                self._trace_client(node)  # type: ignore[misc]
-                self._traced_nodes.add(node)
-
-    def _call(self, name: str, command: Callable[[redis.Redis | RedisCluster], object]) -> object:
+    def _call(self, name: str, command: Callable[[RedisClient], T]) -> T:
         started = perf_counter()
         try:
-            return command(self._redis())
+            return command(self._clients.current())
         except redis.OutOfMemoryError as exc:
             self._error(name, "other")
             raise StoreFull(str(exc)) from exc
         except redis.TimeoutError as exc:
             self._error(name, "timeout")
             raise StoreUnavailable(f"TimeoutError: {exc}") from exc
-        except (redis.ConnectionError, redis.ReadOnlyError, redis.exceptions.ClusterError,
-                redis.exceptions.TryAgainError, redis.exceptions.AskError,
-                redis.exceptions.RedisClusterException) as exc:  # fmt: skip
+        except (
+            redis.ConnectionError,
+            redis.ReadOnlyError,
+            redis.exceptions.ClusterError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.AskError,
+            redis.exceptions.RedisClusterException,
+        ) as exc:
             # The cluster ones: a failover under way, a slot moving (MOVED, ASK), no node
             # reachable for now. All pass; the client may retry.
             self._error(name, "connection")

@@ -9,7 +9,8 @@ or OTEL_TRACES_EXPORTER=none turn it off in any case.
 The sampling decision comes first: a request that is not sampled never enters the Flask
 instrumentation, which otherwise does most of its work (attributes, context, a non-recording
 span) before the sampler has its say, and its Redis calls go through a Redis client without
-instrumentation (the store keeps one of each: see client_tracer). Benchmarked in
+instrumentation (the store keeps one of each: see client_tracer). Both lean on the
+instrumentations' internals, and live in service/speedups.py. Benchmarked in
 docs/performance.md. The sampler is the one OTEL_TRACES_SAMPLER(_ARG) name, found as the SDK
 finds it (see sampler_from_env); by default a budget per worker process, 1 trace a second
 plus 1% of the requests beyond it (parentbased_ratelimited: service/sampling.py).
@@ -27,9 +28,9 @@ import functools
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response
 from opentelemetry import propagate, trace
@@ -41,13 +42,16 @@ from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler
 from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_ENVIRONMENT_NAME
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_VERSION
 from opentelemetry.util.http import parse_excluded_urls
 
-from service import sampling
+from service import sampling, speedups
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 SERVICE_NAME = "messages"  # unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say otherwise
 # The name semantic conventions 1.27 and later (the semconv package here marks it stable) give
@@ -124,8 +128,9 @@ def sampler_from_env(env: Mapping[str, str] = os.environ) -> Sampler:
     try:
         sampler = factory(arg)
     except Exception as exc:
-        detail = str(exc) if "OTEL_TRACES_SAMPLER_ARG" in str(exc) else (
-            f"OTEL_TRACES_SAMPLER_ARG={arg!r}: {exc}")  # fmt: skip
+        detail = str(exc)
+        if "OTEL_TRACES_SAMPLER_ARG" not in detail:
+            detail = f"OTEL_TRACES_SAMPLER_ARG={arg!r}: {exc}"
         raise ValueError(f"OTEL_TRACES_SAMPLER={name}: {detail}") from exc
     if not isinstance(sampler, Sampler):
         raise ValueError(f"OTEL_TRACES_SAMPLER={name}: {factory} made {sampler!r}, no Sampler")
@@ -207,46 +212,36 @@ def client_tracer() -> Callable[[Any], None] | None:
 
 
 def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
-    """Give every request a server span, if this process set up tracing."""
+    """Give every sampled request a server span, if this process set up tracing."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         return
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
-    _sample_first(app, sampler_from_env(env), excluded)
+    # opentelemetry-instrumentation-flask leaves instrument_app unannotated.
+    instrument = cast(Callable[..., None], FlaskInstrumentor.instrument_app)
+    instrument(app, tracer_provider=provider, excluded_urls=excluded)
+    sampled = _sampling_decision(sampler_from_env(env), excluded)
+    speedups.trace_sampled_requests_only(app, sampled, _traced)
     app.after_request(_add_traceresponse)
 
 
-def _sample_first(app: Flask, sampler: Sampler, excluded: str) -> None:
-    """Route each request either through the instrumented app or, when the sampler says no,
-    around it."""
-    traced_app = app.wsgi_app
-    plain_app = app._original_wsgi_app  # what FlaskInstrumentor wrapped
-    _guard_hook(app.before_request_funcs, "_wrapped_before_request.")
-    _guard_hook(app.teardown_request_funcs, "_wrapped_teardown_request.")
+def _sampling_decision(sampler: Sampler, excluded: str) -> Callable[[WSGIEnvironment], bool]:
+    """Whether to trace a request, decided from its WSGI environ before any tracing work."""
     not_traced = parse_excluded_urls(excluded)
     # Trace ids are drawn again by the SDK for the spans: this one only feeds the ratio.
     # (A downstream service sampling by trace id would see different odds; we call none.)
     draw = random.Random().getrandbits  # noqa: S311 (a sampling coin, not a secret)
 
-    def sampled(environ: dict) -> bool:
+    def sampled(environ: WSGIEnvironment) -> bool:
         if not_traced.url_disabled(environ.get("PATH_INFO", "")):
             return False
-        # nginx passes traceparent on only from trusted networks (nginx.conf.template).
-        parent = propagate.extract(environ, getter=wsgi_getter) if (
-            "HTTP_TRACEPARENT" in environ) else None  # fmt: skip
-        return sampler.should_sample(parent, draw(128), "request").decision.is_sampled()
+        parent = None
+        if "HTTP_TRACEPARENT" in environ:  # passed on from trusted networks only (nginx)
+            parent = propagate.extract(environ, getter=wsgi_getter)
+        decision = sampler.should_sample(parent, draw(128), "request").decision
+        return decision is Decision.RECORD_AND_SAMPLE  # Decision.is_sampled(), typed
 
-    def wsgi_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if sampled(environ):
-            token = _traced.set(True)
-            try:
-                return traced_app(environ, start_response)
-            finally:
-                _traced.reset(token)
-        return plain_app(environ, start_response)
-
-    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    return sampled
 
 
 def _add_traceresponse(response: Response) -> Response:
@@ -259,21 +254,6 @@ def _add_traceresponse(response: Response) -> Response:
             f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         )
     return response
-
-
-def _guard_hook(hooks: dict, qualname_prefix: str) -> None:
-    """Make FlaskInstrumentor's request hook run for sampled requests only."""
-    app_hooks = hooks.get(None, [])
-    found = [i for i, f in enumerate(app_hooks) if f.__qualname__.startswith(qualname_prefix)]
-    if len(found) != 1:  # a new opentelemetry-instrumentation-flask: look again
-        raise RuntimeError(f"expected one {qualname_prefix!r} hook from FlaskInstrumentor")
-    hook = app_hooks[found[0]]
-
-    @functools.wraps(hook)
-    def only_when_traced(*args: object) -> object:
-        return hook(*args) if _traced.get() else None
-
-    app_hooks[found[0]] = only_when_traced
 
 
 def shutdown() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import compose
 
-from native.stack import ROOT
+from native.settings import ROOT
 
 # The binary itself: the package's `docker-compose` wrapper script drops its exit code.
 COMPOSE_CLI = Path(compose.__file__).parent / "docker-compose"
@@ -44,8 +44,10 @@ def run(
         cmd += ["--profile", p]
     if env is not None:
         cmd += ["--env-file", str(env)]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "PWD": str(ROOT)}, check=False)  # fmt: skip
+    only_path = {"PATH": "/usr/bin:/bin", "PWD": str(ROOT)}
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=60, env=only_path, check=False
+    )
 
 
 def resolved(files=(BASE,), profiles=(), env: Path | None = None) -> dict:

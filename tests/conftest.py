@@ -1,4 +1,6 @@
-"""Fixtures: real redis-server, gunicorn and nginx processes on free ports, stopped afterwards."""
+"""Fixtures, and only fixtures: real redis-server, gunicorn and nginx processes on free
+ports, stopped afterwards; the app on the shared Redis; an OTLP receiver. Helpers the tests
+share are in tests/helpers.py (which says where each kind of name comes from)."""
 
 from __future__ import annotations
 
@@ -9,42 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from mirakuru import TCPExecutor
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_delay,
-    wait_fixed,
-)
 
-# Re-exported: the tests take the harness from here.
-from native.harness import (  # noqa: F401
-    CERT,
-    CORE,
-    EVERYTHING,
-    START_TIMEOUT,
-    Stack,
-    free_port,
-    free_ports_env,
-    make_stack,
-    redis_executor,
-)
+from native.harness import CORE, Stack, free_port, make_stack, redis_executor
+from native.otlp_receiver import Receiver, start_receiver
 from service.app import create_app
-
-
-def eventually(check: Callable[[], object], seconds: float = 150) -> object:
-    """check()'s first truthy result, polled every 0.1 s; fails after `seconds`."""
-    retrying = Retrying(
-        stop=stop_after_delay(seconds),
-        wait=wait_fixed(0.1),
-        retry=retry_if_result(lambda result: not result)
-        | retry_if_exception_type((requests.RequestException, redis.RedisError)),
-    )
-    return retrying(check)
 
 
 @pytest.fixture(scope="session")
@@ -104,14 +77,22 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A real OTLP/HTTP receiver, for a module's stacks to export their spans to."""
+    r = start_receiver()
+    yield r
+    r.close()
+
+
 @pytest.fixture
-def silent_server():
+def silent_server() -> Iterator[int]:
     """A TCP server that accepts connections and never answers: a hung Redis."""
     listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
+    accepted: list[socket.socket] = []
     stop = threading.Event()
 
-    def accept():
+    def accept() -> None:
         listener.settimeout(0.1)
         while not stop.is_set():
             try:

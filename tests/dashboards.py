@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from native.stack import ROOT
+from native.settings import ROOT
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = {

@@ -13,7 +13,8 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import EVERYTHING, Stack, eventually, make_stack
+from native.harness import EVERYTHING, Stack, make_stack
+from tests.helpers import eventually, prometheus_query
 
 pytestmark = pytest.mark.stack
 
@@ -75,12 +76,17 @@ def webhook(hooks) -> Webhook:
 @pytest.fixture
 def alerting_stack(tmp_path, hooks) -> Iterator[Stack]:
     stack = make_stack(
-        tmp_path, EVERYTHING,
-        SCRAPE_INTERVAL="1s", ALERT_RESEND_DELAY="1s", ALERT_GROUP_WAIT="1s",
-        ALERT_GROUP_INTERVAL="1s", ALERT_PAGE_WEBHOOK_URL=hooks["pages"].url,
+        tmp_path,
+        EVERYTHING,
+        SCRAPE_INTERVAL="1s",
+        ALERT_RESEND_DELAY="1s",
+        ALERT_GROUP_WAIT="1s",
+        ALERT_GROUP_INTERVAL="1s",
+        ALERT_PAGE_WEBHOOK_URL=hooks["pages"].url,
         ALERT_TICKET_WEBHOOK_URL=hooks["tickets"].url,
-        ALERT_HEARTBEAT_URL=hooks["heartbeat"].url, RUNBOOK_BASE_URL=RUNBOOKS,
-    )  # fmt: skip
+        ALERT_HEARTBEAT_URL=hooks["heartbeat"].url,
+        RUNBOOK_BASE_URL=RUNBOOKS,
+    )
     stack.start()
     yield stack
     stack.stop()
@@ -94,9 +100,8 @@ def firing_in_prometheus(stack: Stack) -> set[str]:
 
 def app_ready(stack: Stack) -> dict[str, float]:
     """probe_success of each app instance's /readyz, as Prometheus has it now."""
-    url = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
-    answer = requests.get(url, params={"query": 'probe_success{job="app-ready"}'}, timeout=5)
-    return {r["metric"]["instance"]: float(r["value"][1]) for r in answer.json()["data"]["result"]}
+    answer = prometheus_query(stack.cfg.address("prometheus"), 'probe_success{job="app-ready"}')
+    return {r["metric"]["instance"]: float(r["value"][1]) for r in answer["data"]["result"]}
 
 
 def alertmanager_alerts(stack: Stack) -> dict[str, dict]:
@@ -144,11 +149,11 @@ def test_app_down_fires_edge_5xx_and_instance_down(alerting_stack, webhook):
 
     # One cause, one page: the symptoms reach Alertmanager but are inhibited by the cause.
     eventually(lambda: "AppAllInstancesDown" in webhook.names("firing"))
+    symptoms = ("EdgeAvailabilityBudgetBurnFast", "AppInstanceDown")
     in_alertmanager = eventually(
-        lambda: (a := alertmanager_alerts(stack)) and {"EdgeAvailabilityBudgetBurnFast",
-                                                        "AppInstanceDown"} <= a.keys() and a
-    )  # fmt: skip
-    for name in ("EdgeAvailabilityBudgetBurnFast", "AppInstanceDown"):
+        lambda: (a := alertmanager_alerts(stack)) and set(symptoms) <= a.keys() and a
+    )
+    for name in symptoms:
         assert in_alertmanager[name]["status"]["inhibitedBy"], name
         assert name not in webhook.names("firing")
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 import redis
 
+from native.harness import free_port
 from service.app import create_app
-
-FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+from tests.helpers import FOO_DIGEST, sha256
 
 
 def post(client, body, content_type="application/json", **kwargs):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return client.post("/messages", data=data, content_type=content_type, **kwargs)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def test_post_answers_the_sha256_digest(client):
@@ -43,9 +38,17 @@ def test_digest_in_upper_case_is_found(client):
 
 @pytest.mark.parametrize(
     "message",
-    ["", "héllo wörld", "日本語のテキスト", "emoji 🎉👩‍👩‍👧", "nul\x00byte", "line\nbreak\u2028",
-     " \t leading and trailing space ", '"quotes" and \\backslashes\\'],
-)  # fmt: skip
+    [
+        "",
+        "héllo wörld",
+        "日本語のテキスト",
+        "emoji 🎉👩‍👩‍👧",
+        "nul\x00byte",
+        "line\nbreak\u2028",
+        " \t leading and trailing space ",
+        '"quotes" and \\backslashes\\',
+    ],
+)
 def test_messages_round_trip_exactly(client, message):
     r = post(client, {"message": message})
     assert r.status_code == 201
@@ -93,9 +96,14 @@ def test_a_message_is_cacheable_forever_with_its_digest_as_etag(client, method, 
 
 @pytest.mark.parametrize(
     "if_none_match",
-    [f'"{FOO_DIGEST}"', f'W/"{FOO_DIGEST}"', "*", f'"{"0" * 64}", W/"{FOO_DIGEST}"',
-     f'"x",  "{FOO_DIGEST}" ,"y"'],
-)  # fmt: skip
+    [
+        f'"{FOO_DIGEST}"',
+        f'W/"{FOO_DIGEST}"',
+        "*",
+        f'"{"0" * 64}", W/"{FOO_DIGEST}"',
+        f'"x",  "{FOO_DIGEST}" ,"y"',
+    ],
+)
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_if_none_match_of_the_etag_is_304_without_a_body(client, method, if_none_match):
     post(client, {"message": "foo"})
@@ -192,9 +200,14 @@ def test_bad_bodies_are_400_with_a_reason(client, body, why):
 
 @pytest.mark.parametrize(
     "content_type",
-    ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1",
-     "application/jsonx", None],
-)  # fmt: skip
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+        None,
+    ],
+)
 def test_wrong_content_type_is_415(client, content_type):
     r = client.post("/messages", data=b'{"message": "foo"}', content_type=content_type)
     assert r.status_code == 415
@@ -267,8 +280,7 @@ def test_unknown_route_is_404_json(client, path):
 
 
 def test_store_unavailable_is_503_with_retry_after():
-    port = __import__("port_for").select_random()
-    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     client = app.test_client()
     for r in (post(client, {"message": "foo"}), client.get(f"/messages/{FOO_DIGEST}")):
         assert r.status_code == 503

@@ -21,8 +21,9 @@ from bench.digests import HOT_MESSAGE, Digests, check_served, cold_messages, hit
 from bench.measure import Load, measure, run_wrk
 from bench.supervision import kind_from
 from bench.targets import EDGE, ServerConfig, Target, start
+from native.configs import NGINX_TEMPLATE
 from native.harness import CERT
-from native.stack import NGINX_TEMPLATE, ROOT
+from native.settings import ROOT
 
 pytestmark = pytest.mark.stack
 
@@ -98,8 +99,11 @@ def digests_asked(lines: list[dict]) -> list[str]:
 
 
 def test_stored_messages_are_served_by_the_api(seeded):
-    pairs = [(seeded.hot, HOT_MESSAGE), (seeded.cold[-1], cold_messages(2 * COLD_RATE)[-1]),
-             (seeded.hit[7], hit_messages(50)[7])]  # fmt: skip
+    pairs = [
+        (seeded.hot, HOT_MESSAGE),
+        (seeded.cold[-1], cold_messages(2 * COLD_RATE)[-1]),
+        (seeded.hit[7], hit_messages(50)[7]),
+    ]
     last = check_served(seeded.target.url(EDGE), pairs)
     assert last.content == b'{"message":"' + hit_messages(50)[7].encode() + b'"}\n'
     with pytest.raises(AssertionError):
@@ -179,8 +183,10 @@ def test_the_ceiling_answers_a_cached_gets_body_and_headers_logged_or_not(tmp_pa
     (line,) = (tmp_path / "access.log").read_text().splitlines()  # the first server's only
     assert json.loads(line)["route"] == "/messages/<digest>"
     assert (tmp_path / "edge-metrics.log").read_text().split()[:3] == [
-        "/messages/<digest>", "GET", "200"
-    ]  # fmt: skip
+        "/messages/<digest>",
+        "GET",
+        "200",
+    ]
 
 
 def test_processes_of_make_run_are_sorted_by_their_programs_name():
@@ -195,35 +201,42 @@ def test_processes_of_make_run_are_sorted_by_their_programs_name():
     assert kind_from("prometheus-redis-exporter", ["-redis.addr"]) == "monitoring"
 
 
-def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+def bench(out: Path, options: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`make bench`'s program with the options, its results in `out`: what it printed, and
+    its results file (JSON). It exits non-zero for an invalid run."""
+    argv = [sys.executable, "-m", "bench", *options.split(), "--out", str(out)]
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr  # non-zero: an invalid run
+    (results,) = out.glob("bench-*.json")
+    return run, results
 
 
-def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp_path):
-    out = bench("--no-sweep", "--seconds", "1", "--warmup", "0", "--reps", "1",
-                "--connections", "4", "--cold-rate", "10000", "--out", str(tmp_path))  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr  # non-zero: an invalid run
-    (results,) = tmp_path.glob("bench-*.json")
-    document = json.loads(results.read_text())
-    assert document["mode"] == "shipped" and document["ours_server"].startswith("make run (")
-    assert {row["scenario"] for row in document["comparison"]} == {"post", "hot", "cold", "miss"}
+def assert_compared(document: dict) -> None:
+    """Each scenario measured for both apps, their ratio stated; every run valid."""
     for row in document["comparison"]:
         assert row["ours_rps"] > 0 and row["reference_rps"] > 0
         assert row["throughput_ratio"] == round(row["ours_rps"] / row["reference_rps"], 3)
-    assert [row["ceiling"] for row in document["ceiling"]] == [
-        "nginx, the edge's access logs", "nginx, no log"
-    ]  # fmt: skip
-    assert all(row["ours_per_ceiling"] > 0 for row in document["ceiling"])
     assert all(run["valid"] for run in document["runs"])
+
+
+def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp_path):
+    short = "--no-sweep --seconds 1 --warmup 0 --reps 1 --connections 4 --cold-rate 10000"
+    out, results = bench(tmp_path, short)
+    document = json.loads(results.read_text())
+    assert document["mode"] == "shipped" and document["ours_server"].startswith("make run (")
+    assert {row["scenario"] for row in document["comparison"]} == {"post", "hot", "cold", "miss"}
+    assert_compared(document)
+    ceilings = [row["ceiling"] for row in document["ceiling"]]
+    assert ceilings == ["nginx, the edge's access logs", "nginx, no log"]
+    assert all(row["ours_per_ceiling"] > 0 for row in document["ceiling"])
     assert document["cold_messages_stored"] == 10_000  # one cold run's slice: 1 s at 10,000/s
     for row in document["cpu_ours"]:
         assert {"supervisor_cpu_us", "log_writers_cpu_us", "monitoring_cpu_us"} <= set(row)
         assert row["nginx_cpu_us"] > 0
         if row["scenario"] != "hot":  # hot: answered from the edge's cache
             assert row["app_cpu_us"] > 0 and row["redis_cpu_us"] > 0
-    assert all(set(row) == {"scenario", "rps", "app_cpu_us", "nginx_cpu_us", "redis_cpu_us",
-                            "total_cpu_us"} for row in document["cpu_reference"])  # fmt: skip
+    columns = {"scenario", "rps", "app_cpu_us", "nginx_cpu_us", "redis_cpu_us", "total_cpu_us"}
+    assert all(set(row) == columns for row in document["cpu_reference"])
     totals = document["trace_totals"]  # traced as shipped (the default sampler)
     assert 0 < totals["server_spans"] < totals["requests"], totals
     traces = {row["scenario"]: row for row in document["traces"]}
@@ -235,17 +248,12 @@ def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp
 
 
 def test_a_short_harness_run_measures_every_scenario_for_both_apps(tmp_path):
-    out = bench("--mode", "harness", "--no-sweep", "--no-scaling", "--seconds", "1", "--warmup",
-                "0", "--reps", "1", "--connections", "4", "--out", str(tmp_path))  # fmt: skip
-    assert out.returncode == 0, out.stdout + out.stderr  # non-zero: an invalid run
-    (results,) = tmp_path.glob("bench-*.json")
+    short = "--mode harness --no-sweep --no-scaling --seconds 1 --warmup 0 --reps 1 --connections 4"
+    out, results = bench(tmp_path, short)
     document = json.loads(results.read_text())
     pairs = {(row["via"], row["scenario"]) for row in document["comparison"]}
     assert pairs == {(v, s) for v in ("edge", "direct") for s in ("post", "hit", "miss")}
-    for row in document["comparison"]:
-        assert row["ours_rps"] > 0 and row["reference_rps"] > 0
-        assert row["throughput_ratio"] == round(row["ours_rps"] / row["reference_rps"], 3)
-    assert all(run["valid"] for run in document["runs"])
+    assert_compared(document)
     assert document["spans_exported_in_comparison"] > 0  # ours ran with tracing on
     assert any(r["scenario"] == "plain" for r in document["medians"])  # nginx's ceiling
     assert results.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
@@ -255,8 +263,11 @@ def test_a_short_harness_run_measures_every_scenario_for_both_apps(tmp_path):
 def test_the_profiler_names_where_a_worker_spends_its_time(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bench.profile", "--seconds", "4", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Flask and Werkzeug" in out.stdout and "redis client" in out.stdout
     assert (tmp_path / "profile-post.svg").read_text().lstrip().startswith("<?xml")

@@ -18,11 +18,12 @@ import requests
 import yaml
 from mirakuru import HTTPExecutor
 
+from native.configs import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS
 from native.harness import free_port
-from native.stack import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, ROOT
+from native.settings import ROOT
 from service.config import default_workers
 from tests.compose_cli import BASE, CLUSTER, FILE_SETS, PASSWORDS, PROFILES, env_file, resolved, run
-from tests.conftest import eventually
+from tests.helpers import eventually, nginx_check
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -68,6 +69,7 @@ def test_passwords_reach_containers_as_secrets_never_as_environment(tmp_path):
     }
 
 
+@pytest.mark.stack  # gunicorn and its workers
 def test_the_app_boots_with_the_environment_compose_gives_it(tmp_path):
     """The image's command, with the image's ENV and exactly the environment compose resolves
     for `app` (WEB_CONCURRENCY empty, as compose passes it when unset). Only container paths
@@ -80,14 +82,25 @@ def test_the_app_boots_with_the_environment_compose_gives_it(tmp_path):
     secret = tmp_path / "redis_password"
     secret.write_text(PASSWORDS["REDIS_PASSWORD"])
     port, metrics = free_port(), free_port()
-    env.update(REDIS_PASSWORD_FILE=str(secret), APP_BIND=f"127.0.0.1:{port}",
-               METRICS_BIND=f"127.0.0.1:{metrics}", PATH=os.environ["PATH"])  # fmt: skip
+    env.update(
+        REDIS_PASSWORD_FILE=str(secret),
+        APP_BIND=f"127.0.0.1:{port}",
+        METRICS_BIND=f"127.0.0.1:{metrics}",
+        PATH=os.environ["PATH"],
+    )
     command = json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M).group(1))
     argv = [sys.executable if a == "python" else a for a in command]
     with (tmp_path / "out").open("w") as out:
-        gunicorn = HTTPExecutor(argv, url=f"http://127.0.0.1:{port}/healthz", method="GET",
-                                envvars=env, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                timeout=60)  # fmt: skip
+        gunicorn = HTTPExecutor(
+            argv,
+            url=f"http://127.0.0.1:{port}/healthz",
+            method="GET",
+            envvars=env,
+            cwd=str(ROOT),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
         with gunicorn:
             master = psutil.Process(gunicorn.process.pid)
             # The first worker answers while the master may still be forking the others.
@@ -113,19 +126,23 @@ def test_nginx_as_its_container_renders_it_passes_nginx_t(tmp_path):
         "EDGE_CACHE_DIR": str(tmp_path / "cache"),  # the edge-cache volume
     }
     assert env["EDGE_CACHE_DIR"] == "/run/nginx/cache"
+    mounts = [v for v in nginx["volumes"] if isinstance(v, dict)]
     assert "edge-cache:/run/nginx/cache" in nginx["volumes"] or any(
-        v.get("source") == "edge-cache" and v.get("target") == "/run/nginx/cache"
-        for v in nginx["volumes"] if isinstance(v, dict)
-    )  # fmt: skip
-    rendered = subprocess.run(["envsubst", " ".join(names)], input=NGINX_TEMPLATE.read_text(),
-                              env={**env, **mapped}, capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+        v.get("source") == "edge-cache" and v.get("target") == "/run/nginx/cache" for v in mounts
+    )
+    rendered = subprocess.run(
+        ["envsubst", " ".join(names)],
+        input=NGINX_TEMPLATE.read_text(),
+        env={**env, **mapped},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "${" not in rendered
     assert "resolver 127.0.0.11" in rendered  # Docker's DNS: replicas found as they come and go
     conf = tmp_path / "nginx.conf"
     conf.write_text(rendered)
-    check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
-                           capture_output=True, text=True, check=False)  # fmt: skip
+    check = nginx_check(conf, tmp_path)
     assert check.returncode == 0, check.stderr
 
 
@@ -179,10 +196,11 @@ def global_options(words: list[str]) -> tuple[tuple[Path, ...], tuple[str, ...]]
 
 
 def test_the_readme_compose_commands_resolve(tmp_path):
-    """Every `docker compose ...` command the README gives runs as written against the
-    files (with .env in place), up to where an engine would be needed."""
-    readme = (ROOT / "README.md").read_text()
-    commands = sorted(set(re.findall(r"`(docker compose [^`]+)`", readme)))
+    """Every `docker compose ...` command the README and docs/ give runs as written against
+    the files (with .env in place), up to where an engine would be needed."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(path.read_text() for path in docs)
+    commands = sorted(set(re.findall(r"`(docker compose [^`]+)`", text)))
     assert commands
     env = env_file(tmp_path, **PASSWORDS)
     for command in commands:
@@ -194,11 +212,10 @@ def test_the_readme_compose_commands_resolve(tmp_path):
 def test_prometheus_scrapes_every_redis_node_in_each_topology(tmp_path):
     """The redis job's targets (through the exporter's /scrape) are the one Redis, or, with
     the cluster override, all six nodes: the override mounts their list over the single."""
-    for files, nodes in (("base", ["redis"]), ("cluster", ["redis", *[f"redis-{n}" for n in
-                                                                      range(2, 7)]])):  # fmt: skip
-        prometheus = resolved(FILE_SETS[files], env=env_file(tmp_path, **PASSWORDS))["services"][
-            "prometheus"
-        ]
+    cluster = ["redis", *[f"redis-{n}" for n in range(2, 7)]]
+    for files, nodes in (("base", ["redis"]), ("cluster", cluster)):
+        services = resolved(FILE_SETS[files], env=env_file(tmp_path, **PASSWORDS))["services"]
+        prometheus = services["prometheus"]
         mounts = {v["target"]: v["source"] for v in prometheus["volumes"]}
         source = mounts.get("/etc/prometheus/targets/redis.yml")
         if source is None:  # the whole folder is mounted: its own targets/redis.yml

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from native.stack import ROOT, StackConfig, redis_processes
+from native.processes import app_env, redis_processes
+from native.settings import ROOT, StackConfig
 from service.config import ServerSettings, Settings, available_cpus, default_workers
 
 
@@ -21,9 +22,14 @@ def test_defaults():
 
 def test_values_are_read_and_typed():
     s = Settings.from_env(
-        {"REDIS_URL": "redis://r:1/2", "REDIS_TIMEOUT": "1.5", "REDIS_RETRIES": "0",
-         "MAX_MESSAGE_BYTES": "10", "MAX_BODY_BYTES": "20"}
-    )  # fmt: skip
+        {
+            "REDIS_URL": "redis://r:1/2",
+            "REDIS_TIMEOUT": "1.5",
+            "REDIS_RETRIES": "0",
+            "MAX_MESSAGE_BYTES": "10",
+            "MAX_BODY_BYTES": "20",
+        }
+    )
     assert (s.redis_url, s.redis_timeout, s.redis_retries) == ("redis://r:1/2", 1.5, 0)
     assert (s.max_message_bytes, s.max_body_bytes) == (10, 20)
 
@@ -34,17 +40,21 @@ def test_empty_values_mean_default():
 
 @pytest.mark.parametrize(
     "env",
-    [{"MAX_MESSAGE_BYTES": "lots"}, {"REDIS_TIMEOUT": "-1"},
-     {"MAX_MESSAGE_BYTES": "100", "MAX_BODY_BYTES": "50"}],
-)  # fmt: skip
+    [
+        {"MAX_MESSAGE_BYTES": "lots"},
+        {"REDIS_TIMEOUT": "-1"},
+        {"MAX_MESSAGE_BYTES": "100", "MAX_BODY_BYTES": "50"},
+    ],
+)
 def test_bad_values_are_refused_with_the_name(env):
     with pytest.raises(ValueError, match=r"MAX_|REDIS_"):
         Settings.from_env(env)
 
 
 def test_server_settings():
-    s = ServerSettings.from_env({"APP_BIND": "127.0.0.1:9", "WEB_CONCURRENCY": "3",
-                                 "GUNICORN_THREADS": "4"})  # fmt: skip
+    s = ServerSettings.from_env(
+        {"APP_BIND": "127.0.0.1:9", "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4"}
+    )
     assert (s.bind, s.workers, s.threads) == ("127.0.0.1:9", 3, 4)
     assert ServerSettings.from_env({}).workers >= 3
 
@@ -70,15 +80,21 @@ def test_the_worker_class_is_gthread_or_sync():
 def test_the_native_redis_topology_is_single_or_cluster(tmp_path):
     single = StackConfig.from_env({"REDIS_MODE": "sentinel"})
     assert single.redis_topology == "single"
-    assert single.app_env()["REDIS_MODE"] == "sentinel"  # the caller's choice stands
+    assert app_env(single)["REDIS_MODE"] == "sentinel"  # the caller's choice stands
     env = {"REDIS_TOPOLOGY": "cluster", "REDIS_PORT": "7000", "REDIS_4_PORT": "7100"}
     cluster = StackConfig.from_env({**env, "STATE_DIR": str(tmp_path)})
-    assert [cluster.redis_node_port(n) for n in range(1, 7)] == [7000, 7001, 7002, 7100, 7004,
-                                                                  7005]  # fmt: skip
-    assert cluster.app_env()["REDIS_MODE"] == "cluster"
-    assert [p.name for p in redis_processes(cluster, tmp_path / "auth.conf")] == [
-        "redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6", "redis-cluster"
-    ]  # fmt: skip
+    assert [cluster.redis_node_port(n) for n in range(1, 7)] == [7000, 7001, 7002, 7100, 7004, 7005]
+    assert app_env(cluster)["REDIS_MODE"] == "cluster"
+    names = [p.name for p in redis_processes(cluster, tmp_path / "auth.conf")]
+    assert names == [
+        "redis",
+        "redis-2",
+        "redis-3",
+        "redis-4",
+        "redis-5",
+        "redis-6",
+        "redis-cluster",
+    ]
     with pytest.raises(ValueError, match="REDIS_TOPOLOGY"):
         StackConfig.from_env({"REDIS_TOPOLOGY": "ring"})
 
@@ -114,7 +130,12 @@ def test_workers_follow_the_cpus_a_cgroup_quota_allows(tmp_path):
 def test_workers_follow_the_cpus_this_process_may_run_on():
     """Pinned to one CPU (taskset), the default is 1 + 1 workers, not every CPU + 1."""
     code = "from service.config import ServerSettings; print(ServerSettings.from_env({}).workers)"
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=ROOT,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "2"
     assert ServerSettings.from_env({"WEB_CONCURRENCY": ""}).workers == default_workers()

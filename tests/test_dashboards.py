@@ -17,8 +17,8 @@ import redis
 import requests
 import yaml
 
-from native.stack import ROOT
-from tests.conftest import EVERYTHING, eventually, make_stack
+from native.harness import EVERYTHING, make_stack
+from native.settings import ROOT
 from tests.dashboards import (
     ANNOTATIONS,
     DASHBOARDS,
@@ -30,6 +30,7 @@ from tests.dashboards import (
     panels,
     substitute,
 )
+from tests.helpers import eventually, prometheus_query
 
 DATASOURCES = yaml.safe_load(
     (GRAFANA / "provisioning" / "datasources" / "datasources.yml").read_text()
@@ -40,9 +41,10 @@ DATASOURCE_UIDS = {d["uid"]: d["type"] for d in DATASOURCES["datasources"]}
 HARNESS_QUERIES = [q for q in QUERIES if SUPERVISOR_METRICS not in q[2]]
 RULES = ROOT / "monitoring" / "prometheus" / "rules"
 ALERT_RULES = [
-    rule for group in yaml.safe_load((RULES / "alerts.yml").read_text())["groups"]
+    rule
+    for group in yaml.safe_load((RULES / "alerts.yml").read_text())["groups"]
     for rule in group["rules"]
-]  # fmt: skip
+]
 RECORDING_RULES = {
     rule["record"]: rule["expr"]
     for group in yaml.safe_load((RULES / "recording.yml").read_text())["groups"]
@@ -269,16 +271,18 @@ def test_the_deploy_annotation_marks_a_new_build_and_not_a_restart(tmp_path, exp
 
 @pytest.mark.parametrize("expr", sorted({e for _, _, e in ANNOTATIONS if "ALERTS" in e}))
 def test_the_alert_annotation_marks_firing_alerts_not_pending_ones_or_heartbeats(tmp_path, expr):
+    firing = 'alertname="RedisDown",alertstate="firing",severity="critical"'
+    pending = 'alertname="HostCPUHigh",alertstate="pending",severity="warning"'
     series = [
-        {"series": 'ALERTS{alertname="RedisDown",alertstate="firing",severity="critical",'
-                   'instance="redis:9121",job="redis"}', "values": "_x2 1x3"},
-        {"series": 'ALERTS{alertname="HostCPUHigh",alertstate="pending",severity="warning",'
-                   'instance="node:9100",job="node"}', "values": "1x5"},
+        {"series": f'ALERTS{{{firing},instance="redis:9121",job="redis"}}', "values": "_x2 1x3"},
+        {"series": f'ALERTS{{{pending},instance="node:9100",job="node"}}', "values": "1x5"},
     ] + [
-        {"series": f'ALERTS{{alertname="{name}",alertstate="firing",severity="none"}}',
-         "values": "1x5"}
+        {
+            "series": f'ALERTS{{alertname="{name}",alertstate="firing",severity="none"}}',
+            "values": "1x5",
+        }
         for name in sorted(HEARTBEATS)
-    ]  # fmt: skip
+    ]
     cases = [
         expected(expr, 1),
         expected(expr, 3, '{alertname="RedisDown",severity="critical"}'),
@@ -351,11 +355,9 @@ def loaded_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboards")
     stack = make_stack(tmp, EVERYTHING, SCRAPE_INTERVAL="1s", RATE_LIMIT_RPS="10000")
     stack.start()
-    subprocess.run(
-        ["wrk", "--threads", "1", "--connections", "4", "--duration", "12s",
-         "--script", str(ROOT / "loadgen" / "traffic.lua"), stack.url, "--", "20"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    traffic = ["--script", str(ROOT / "loadgen" / "traffic.lua"), stack.url, "--", "20"]
+    wrk = ["wrk", "--threads", "1", "--connections", "4", "--duration", "12s", *traffic]
+    subprocess.run(wrk, check=True, capture_output=True, timeout=60)
     refuse_a_redis_connection(stack)
     firing = f'ALERTS{{alertname="{REFUSED}",alertstate="firing"}}'
     eventually(lambda: query(stack, firing, time.time() - SETTLED)["data"]["result"], 60)
@@ -364,9 +366,7 @@ def loaded_stack(tmp_path_factory):
 
 
 def query(stack, expr: str, at: float | None = None) -> dict:
-    url = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
-    params = {"query": expr} if at is None else {"query": expr, "time": at}
-    return requests.get(url, params=params, timeout=10).json()
+    return prometheus_query(stack.cfg.address("prometheus"), expr, at)
 
 
 def query_range(stack, expr: str, start: float, end: float, step: str) -> dict:

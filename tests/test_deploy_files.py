@@ -14,25 +14,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from native.stack import (
+from native.configs import (
     ALERTMANAGER_TEMPLATE,
     ALERTMANAGER_TEMPLATE_VARS,
     BLACKBOX_CONFIG,
-    EDGE_CACHE_MAX_SIZE,
     NGINX_TEMPLATE,
     NGINX_TEMPLATE_VARS,
     PROMETHEUS_CONFIG,
     PROMETHEUS_JOB_PORTS,
-    REDIS_EXPORTER_TIMEOUT,
-    ROOT,
-    StackConfig,
     render_alertmanager,
     render_blackbox,
     render_nginx,
     render_prometheus,
 )
+from native.processes import REDIS_EXPORTER_TIMEOUT
+from native.settings import EDGE_CACHE_MAX_SIZE, ROOT, StackConfig
 from service.config import Settings
 from tests.compose_cli import PASSWORDS, env_file, resolved
+from tests.helpers import nginx_check
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -48,10 +47,22 @@ def compose_default(value: str) -> str:
 
 def test_the_stack_has_the_expected_services():
     assert set(SERVICES) == {
-        "redis", "app", "nginx", "mtail", "edge-log-trim", "nginx-exporter", "redis-exporter",
-        "prometheus", "jaeger", "blackbox-exporter", "node-exporter", "cadvisor",
-        "alertmanager", "grafana", "loadgen",
-    }  # fmt: skip
+        "redis",
+        "app",
+        "nginx",
+        "mtail",
+        "edge-log-trim",
+        "nginx-exporter",
+        "redis-exporter",
+        "prometheus",
+        "jaeger",
+        "blackbox-exporter",
+        "node-exporter",
+        "cadvisor",
+        "alertmanager",
+        "grafana",
+        "loadgen",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -130,8 +141,7 @@ def test_native_nginx_config_is_complete_and_valid(tmp_path):
     conf = render_nginx(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
     text = conf.read_text()
     assert "${" not in text
-    check = subprocess.run(["nginx", "-t", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"],
-                           capture_output=True, text=True)  # fmt: skip
+    check = nginx_check(conf, conf.parent)
     assert check.returncode == 0, check.stderr
 
 
@@ -153,10 +163,14 @@ def test_the_debian_image_installs_what_the_tests_run():
     release = re.search(r"^FROM debian:(\d+)[.\d]*-slim$", MONITORING_DOCKERFILE, re.M).group(1)
     here = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', Path("/etc/os-release").read_text(), re.M))
     assert (here["ID"], here["VERSION_ID"]) == ("debian", release), "tests run on another release"
-    native = set(re.findall(r"^  ([a-z0-9-]+)", (ROOT / "scripts" / "install-system-packages")
-                            .read_text(), re.M))  # fmt: skip
+    installer = (ROOT / "scripts" / "install-system-packages").read_text()
+    native = set(re.findall(r"^  ([a-z0-9-]+)", installer, re.M))
     image_only = {"procps"}  # pgrep, for the load generator's healthcheck
     assert set(apt_packages(MONITORING_DOCKERFILE)) - image_only <= native
+
+
+def apt_cache(*args: str) -> str:
+    return subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "monitoring/Dockerfile"])
@@ -164,12 +178,10 @@ def test_every_apt_package_in_every_dockerfile_resolves_against_the_archive(dock
     """Each package exists in Debian's archive (this machine's apt sources: the same
     release), and a version pin, if any, is one the archive still serves."""
     for name, pinned in apt_packages((ROOT / dockerfile).read_text()).items():
-        policy = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True,
-                                check=True).stdout  # fmt: skip
+        policy = apt_cache("policy", name)
         assert "Candidate:" in policy and "Candidate: (none)" not in policy, name
         if pinned:
-            madison = subprocess.run(["apt-cache", "madison", name], capture_output=True,
-                                     text=True, check=True).stdout  # fmt: skip
+            madison = apt_cache("madison", name)
             assert f" {pinned} " in madison, f"{name}={pinned} is no longer in the archive"
 
 
@@ -183,15 +195,16 @@ def test_prometheus_config_is_valid(tmp_path, render):
     path = PROMETHEUS_CONFIG
     if render == "native":
         path = render_prometheus(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
-    check = subprocess.run(["promtool", "check", "config", str(path)],
-                           capture_output=True, text=True)  # fmt: skip
+    check = subprocess.run(
+        ["promtool", "check", "config", str(path)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_mtail_program_compiles():
-    check = subprocess.run(["mtail", "--progs", str(ROOT / "monitoring" / "mtail"),
-                            "--compile_only", "--address", "127.0.0.1", "--port", "0"],
-                           capture_output=True, text=True)  # fmt: skip
+    progs = ["--progs", str(ROOT / "monitoring" / "mtail"), "--compile_only"]
+    argv = ["mtail", *progs, "--address", "127.0.0.1", "--port", "0"]
+    check = subprocess.run(argv, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
@@ -235,8 +248,9 @@ def test_alertmanager_config_is_valid_and_routes_pages_tickets_and_heartbeat(tmp
     check = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     config = yaml.safe_load(path.read_text())
-    receivers = {r["name"]: [c["url"] for c in r.get("webhook_configs", [])]
-                 for r in config["receivers"]}  # fmt: skip
+    receivers = {
+        r["name"]: [c["url"] for c in r.get("webhook_configs", [])] for r in config["receivers"]
+    }
 
     def destination(labels: str) -> str | None:
         out = subprocess.run(
@@ -258,8 +272,8 @@ def test_blackbox_config_is_valid(tmp_path, render):
     path = BLACKBOX_CONFIG
     if render == "native":
         path = render_blackbox(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
-    check = subprocess.run(["prometheus-blackbox-exporter", f"--config.file={path}",
-                            "--config.check"], capture_output=True, text=True)  # fmt: skip
+    argv = ["prometheus-blackbox-exporter", f"--config.file={path}", "--config.check"]
+    check = subprocess.run(argv, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -267,8 +281,9 @@ CLUSTER = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
 
 
 def test_the_cluster_override_runs_six_nodes_of_the_same_redis_and_config():
-    nodes = {n: s for n, s in CLUSTER["services"].items() if n == "redis" or
-             re.fullmatch(r"redis-\d", n)}  # fmt: skip
+    nodes = {
+        n: s for n, s in CLUSTER["services"].items() if n == "redis" or re.fullmatch(r"redis-\d", n)
+    }
     assert len(nodes) == 6
     base = SERVICES["redis"]
     for name, node in nodes.items():

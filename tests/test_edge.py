@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import ssl
@@ -11,13 +10,11 @@ import subprocess
 import pytest
 import requests
 
-from native.stack import app_socket
-from tests.conftest import CERT
+from native.harness import CERT
+from native.settings import app_socket
+from tests.helpers import FOO_DIGEST, JSON, sha256
 
 pytestmark = pytest.mark.stack
-
-FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-JSON = {"Content-Type": "application/json"}
 
 
 def assert_json_error(r: requests.Response, status: int, text: str = "") -> None:
@@ -35,7 +32,7 @@ def curl(stack, *args: str) -> str:
 
 def test_post_then_get_round_trip(stack):
     message = "end to end ✓ " + "x" * 100
-    digest = hashlib.sha256(message.encode()).hexdigest()
+    digest = sha256(message)
     r = stack.request("POST", "/messages", json={"message": message})
     assert r.status_code == 201
     assert r.json() == {"digest": digest}
@@ -45,7 +42,7 @@ def test_post_then_get_round_trip(stack):
 
 def test_message_at_the_default_limit_round_trips(stack):
     message = "é" * (512 * 1024)  # 1 MiB of UTF-8, sent escaped: 3 MiB of JSON
-    digest = hashlib.sha256(message.encode()).hexdigest()
+    digest = sha256(message)
     r = stack.request("POST", "/messages", data=json.dumps({"message": message}), headers=JSON)
     assert r.status_code == 201
     assert stack.request("GET", f"/messages/{digest}").json() == {"message": message}
@@ -67,8 +64,9 @@ def test_bad_body_400(stack, body):
 
 
 def test_wrong_content_type_415(stack):
-    r = stack.request("POST", "/messages", data='{"message": "x"}',
-                      headers={"Content-Type": "text/plain"})  # fmt: skip
+    r = stack.request(
+        "POST", "/messages", data='{"message": "x"}', headers={"Content-Type": "text/plain"}
+    )
     assert_json_error(r, 415, "application/json")
 
 
@@ -90,9 +88,14 @@ def test_body_over_the_limit_413_from_nginx(stack):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("PUT", "/messages"), ("DELETE", "/messages"), ("GET", "/messages"),
-     ("POST", f"/messages/{FOO_DIGEST}"), ("PATCH", f"/messages/{FOO_DIGEST}")],
-)  # fmt: skip
+    [
+        ("PUT", "/messages"),
+        ("DELETE", "/messages"),
+        ("GET", "/messages"),
+        ("POST", f"/messages/{FOO_DIGEST}"),
+        ("PATCH", f"/messages/{FOO_DIGEST}"),
+    ],
+)
 def test_wrong_method_405(stack, method, path):
     assert_json_error(stack.request(method, path), 405, "Method Not Allowed")
 
@@ -132,16 +135,20 @@ def test_security_headers_on_every_response(stack, path):
 
 
 def test_http2_is_offered(stack):
-    version = curl(stack, "-o", "/dev/null", "-w", "%{http_version}", "--http2",
-                   f"https://localhost:{stack.cfg.edge_port}/healthz")  # fmt: skip
+    url = f"https://localhost:{stack.cfg.edge_port}/healthz"
+    version = curl(stack, "-o", "/dev/null", "-w", "%{http_version}", "--http2", url)
     assert version == "2"
 
 
 @pytest.mark.parametrize(
     ("version", "accepted"),
-    [(ssl.TLSVersion.TLSv1, False), (ssl.TLSVersion.TLSv1_1, False),
-     (ssl.TLSVersion.TLSv1_2, True), (ssl.TLSVersion.TLSv1_3, True)],
-)  # fmt: skip
+    [
+        (ssl.TLSVersion.TLSv1, False),
+        (ssl.TLSVersion.TLSv1_1, False),
+        (ssl.TLSVersion.TLSv1_2, True),
+        (ssl.TLSVersion.TLSv1_3, True),
+    ],
+)
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_only_tls_1_2_and_1_3(stack, version, accepted):
     ctx = ssl.create_default_context(cafile=CERT)
@@ -198,7 +205,7 @@ def test_app_down_is_a_json_502(stack_factory):
 def test_app_hung_is_a_json_504(stack_factory):
     stack = stack_factory()
     stack.executors["app"].stop()
-    # Where nginx reaches the app: its Unix socket (see native/stack.py app_upstreams).
+    # Where nginx reaches the app: its Unix socket (see native/configs.py app_upstreams).
     with socket.socket(socket.AF_UNIX) as silent:
         silent.bind(str(app_socket(stack.cfg, 1)))
         silent.listen(16)  # accepts, never answers: nginx's proxy_read_timeout applies

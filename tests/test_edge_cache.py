@@ -5,9 +5,7 @@ requests the cache answered."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-import subprocess
 import threading
 import uuid
 from collections import Counter
@@ -20,16 +18,11 @@ from socketserver import ThreadingUnixStreamServer
 import pytest
 import requests
 
-from native.otlp_receiver import start_receiver
-from native.stack import (
-    ROOT,
-    SHARED_MEMORY,
-    StackConfig,
-    edge_cache_dir,
-    edge_metrics_log,
-    own_edge_cache_dir,
-)
-from tests.conftest import CERT, Stack, eventually, make_stack
+from native.configs import edge_metrics_log
+from native.edge_cache import SHARED_MEMORY, edge_cache_dir, own_edge_cache_dir
+from native.harness import Stack, make_stack
+from native.settings import StackConfig
+from tests.helpers import edge_access_lines, edge_session, eventually, mtail_one_shot, sha256
 from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack
@@ -38,13 +31,6 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 ROUTE = "/messages/<digest>"
 # Headers that differ on every response by design; all the others must be the same.
 PER_RESPONSE = {"date", "x-request-id"}
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = start_receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +54,7 @@ def new_message(stack: Stack) -> str:
     message = f"cache me {uuid.uuid4()}"
     r = stack.request("POST", "/messages", json={"message": message})
     assert r.status_code == 201
-    return hashlib.sha256(message.encode()).hexdigest()
+    return sha256(message)
 
 
 def ids(prefix: str, n: int) -> list[str]:
@@ -81,16 +67,6 @@ def get(stack: Stack, path: str, request_id: str, method: str = "GET", **headers
     return stack.request(method, path, headers={"X-Request-ID": request_id, **headers})
 
 
-def access_lines(stack: Stack, request_ids: list[str]) -> list[dict]:
-    """The edge's JSON access line of each request, in order (nginx flushes them each second)."""
-
-    def found() -> list[dict] | None:
-        lines = {x["request_id"]: x for x in stack.edge_lines() if x["request_id"] in request_ids}
-        return [lines[i] for i in request_ids] if len(lines) == len(request_ids) else None
-
-    return eventually(found, 10)
-
-
 def read_at_once(
     stack: Stack, digest: str, request_ids: list[str], action: Callable[[], object] | None = None
 ) -> list[requests.Response]:
@@ -99,12 +75,11 @@ def read_at_once(
     start = threading.Barrier(len(request_ids), action=action)
 
     def read(request_id: str) -> requests.Response:
-        with requests.Session() as http:
-            http.verify, http.trust_env = CERT, False
+        with edge_session() as http:
             http.get(f"{stack.url}/healthz", timeout=10)  # the TLS handshake, before the race
             start.wait(timeout=30)
-            return http.get(f"{stack.url}/messages/{digest}", timeout=30,
-                            headers={"X-Request-ID": request_id})  # fmt: skip
+            headers = {"X-Request-ID": request_id}
+            return http.get(f"{stack.url}/messages/{digest}", timeout=30, headers=headers)
 
     with ThreadPoolExecutor(len(request_ids)) as pool:
         return list(pool.map(read, request_ids))
@@ -145,7 +120,7 @@ def test_repeated_reads_are_served_by_the_cache_without_the_app(stack):
         assert_cacheable(r, digest)
         assert r.headers["X-Request-ID"] == request_id
         assert len(r.raw.headers.getlist("Cache-Control")) == 1
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT", "HIT"]
     assert lines[0]["upstream_status"] == "200"
     assert {line["upstream_addr"] for line in lines[1:]} == {""}  # no upstream asked
@@ -157,12 +132,13 @@ def test_the_query_string_does_not_split_an_entry(stack):
     paths = [f"/messages/{digest}", f"/messages/{digest}?x=1", f"/messages/{digest}?y=2"]
     responses = [get(stack, p, i) for p, i in zip(paths, request_ids, strict=True)]
     assert_same_but_per_response(responses)
-    assert [line["cache"] for line in access_lines(stack, request_ids)] == ["MISS", "HIT", "HIT"]
+    lines = edge_access_lines(stack, request_ids)
+    assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT"]
 
 
 def test_a_404_is_never_cached_and_a_message_stored_later_is_found_at_once(stack):
     message = f"not yet {uuid.uuid4()}"
-    digest = hashlib.sha256(message.encode()).hexdigest()
+    digest = sha256(message)
     request_ids = ids("later", 3)
     for request_id in request_ids[:2]:
         r = get(stack, f"/messages/{digest}", request_id)
@@ -173,7 +149,7 @@ def test_a_404_is_never_cached_and_a_message_stored_later_is_found_at_once(stack
     found = get(stack, f"/messages/{digest}", request_ids[2])
     assert found.status_code == 200
     assert found.json() == {"message": message}
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert [line["upstream_status"] for line in lines] == ["404", "404", "200"]  # all the app's
 
 
@@ -192,7 +168,7 @@ def test_if_none_match_is_304_on_a_miss_and_on_a_hit(stack, method):
     for r in responses[:4]:
         assert r.content == b""
         assert "Content-Type" not in r.headers
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT", "HIT", "HIT"]
 
 
@@ -211,7 +187,7 @@ def test_head_is_served_from_the_cache_too(stack):
     assert head.headers["Content-Length"] == got.headers["Content-Length"]
     for r in (head, got, head_again, got_again):
         assert_cacheable(r, digest)
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT", "HIT"]
 
 
@@ -226,7 +202,7 @@ def test_concurrent_first_reads_of_a_digest_reach_the_app_once(stack):
     assert {r.status_code for r in responses} == {200}
     assert_same_but_per_response(responses)
     assert app_reads(stack) == before + 1  # proxy_cache_lock: the others waited for it
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert Counter(line["cache"] for line in lines) == {"MISS": 1, "HIT": len(request_ids) - 1}
     waited = [line["request_time"] for line in lines if line["cache"] == "HIT"]
     assert min(waited) >= 0.15  # they came while the first was on its way
@@ -236,11 +212,11 @@ def test_concurrent_first_reads_of_a_digest_reach_the_app_once(stack):
 def test_concurrent_reads_of_an_unknown_digest_wait_no_longer_than_the_lock(stack):
     """A 404 is never stored, so readers waiting behind the first go to the app themselves,
     after proxy_cache_lock_timeout (200 ms), not seconds later."""
-    digest = hashlib.sha256(b"never stored, polled by many").hexdigest()
+    digest = sha256("never stored, polled by many")
     request_ids = ids("polled", 16)
     responses = read_at_once(stack, digest, request_ids)
     assert {r.status_code for r in responses} == {404}
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert all(line["upstream_status"] == "404" for line in lines)  # each asked the app
     assert max(line["request_time"] for line in lines) < 1.0, lines
 
@@ -266,7 +242,8 @@ def test_posts_errors_and_other_routes_say_no_store_and_are_never_cached(stack):
     request_ids = ids("bad", 2)
     for request_id in request_ids:
         assert get(stack, "/messages/not-a-digest", request_id).status_code == 400
-    assert [line["upstream_status"] for line in access_lines(stack, request_ids)] == ["400"] * 2
+    lines = edge_access_lines(stack, request_ids)
+    assert [line["upstream_status"] for line in lines] == ["400"] * 2
 
 
 def test_traced_reads_log_their_trace_id_and_clients_never_see_traceresponse(stack, receiver):
@@ -276,7 +253,7 @@ def test_traced_reads_log_their_trace_id_and_clients_never_see_traceresponse(sta
         r = get(stack, f"/messages/{digest}", request_id)
         assert r.status_code == 200
         assert "traceresponse" not in r.headers
-    miss, hit = access_lines(stack, request_ids)
+    miss, hit = edge_access_lines(stack, request_ids)
     assert re.fullmatch("[0-9a-f]{32}", miss["trace_id"])
 
     def traced() -> bool:
@@ -294,7 +271,7 @@ def test_the_edge_metrics_count_requests_by_cache_status(stack):
     request_ids = ids("metrics", 3)
     for request_id in request_ids:
         assert get(stack, f"/messages/{digest}", request_id).status_code == 200
-    access_lines(stack, request_ids)
+    edge_access_lines(stack, request_ids)
     log = edge_metrics_log(stack.cfg)
 
     def both_logs_flushed() -> list[str] | None:  # a line per request in each
@@ -303,15 +280,12 @@ def test_the_edge_metrics_count_requests_by_cache_status(stack):
 
     lines = eventually(both_logs_flushed, 10)
     assert [line.split(" ", 3)[:3] + line.split()[-1:] for line in lines[-3:]] == [
-        [ROUTE, "GET", "200", "MISS"], [ROUTE, "GET", "200", "HIT"], [ROUTE, "GET", "200", "HIT"]
-    ]  # fmt: skip
+        [ROUTE, "GET", "200", "MISS"],
+        [ROUTE, "GET", "200", "HIT"],
+        [ROUTE, "GET", "200", "HIT"],
+    ]
     assert any(line.startswith("/messages POST 201 ") and line.endswith(" -") for line in lines)
-    out = subprocess.run(
-        ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
-         "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false",
-         "--address", "127.0.0.1", "--port", "0"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    out = mtail_one_shot(log)
     assert value(out, "edge_cache_requests_total", route=ROUTE, cache="HIT") >= 2
     assert value(out, "edge_cache_requests_total", route=ROUTE, cache="MISS") >= 1
     assert value(out, "edge_cache_requests_total", route="/messages", cache="none") >= 1
@@ -333,21 +307,21 @@ def test_a_store_error_is_not_cached(stack_factory):
     r = stack.request("GET", f"/messages/{digest}")
     assert r.status_code == 200
     assert_cacheable(r, digest)
-    lines = access_lines(stack, request_ids)
+    lines = edge_access_lines(stack, request_ids)
     assert [line["upstream_status"] for line in lines] == ["503", "503"]  # both the app's
 
 
 # What a stand-in for the app answers per digest: (status, headers). The app never sends
 # these; they show that only nginx's rules decide what is stored.
+TRACED = f"00-{'1' * 32}-{'2' * 16}-01"  # a traceresponse header, as a traced answer has
 STAND_IN = {
     "a" * 64: (404, {"Cache-Control": "public, max-age=3600"}),
     "b" * 64: (503, {"Cache-Control": "public, max-age=3600"}),
     "c" * 64: (500, {"Cache-Control": "max-age=3600", "X-Accel-Expires": "3600"}),
     "d" * 64: (200, {"Cache-Control": "no-store"}),
     "e" * 64: (200, {"X-Accel-Expires": "3600", "Expires": "Thu, 01 Jan 2099 00:00:00 GMT"}),
-    "f" * 64: (200, {"Cache-Control": IMMUTABLE, "ETag": f'"{"f" * 64}"',
-                     "traceresponse": f"00-{'1' * 32}-{'2' * 16}-01"}),
-}  # fmt: skip
+    "f" * 64: (200, {"Cache-Control": IMMUTABLE, "ETag": f'"{"f" * 64}"', "traceresponse": TRACED}),
+}
 
 
 def stand_in_app(address: str, asked: Counter) -> ThreadingHTTPServer:

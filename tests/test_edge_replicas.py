@@ -15,9 +15,9 @@ from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 from mirakuru import HTTPExecutor
 
-from native.harness import free_port
-from native.stack import NGINX_TEMPLATE, nginx_values, processes, render_template
-from tests.conftest import make_stack
+from native.configs import NGINX_TEMPLATE, nginx_values, render_template
+from native.harness import free_port, make_stack
+from native.processes import processes
 from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack
@@ -54,9 +54,11 @@ def test_requests_spread_over_every_replica_and_follow_them_as_they_come_and_go(
     app = next(p for p in processes(stack.cfg) if p.name == "app")  # as make run starts it
     with dns_server() as (names, dns_port):
         # The edge as compose configures it, but asking this test's DNS server.
-        values = {**nginx_values(stack.cfg),
-                  "APP_RESOLVER": f"resolver 127.0.0.1:{dns_port} valid=1s ipv6=off;",
-                  "APP_BACKEND": f"app:{app_port}"}  # fmt: skip
+        values = {
+            **nginx_values(stack.cfg),
+            "APP_RESOLVER": f"resolver 127.0.0.1:{dns_port} valid=1s ipv6=off;",
+            "APP_BACKEND": f"app:{app_port}",
+        }
         render_template(NGINX_TEMPLATE, values, stack.cfg.state_dir / "nginx" / "nginx.conf")
         replicas: dict[str, HTTPExecutor] = {}
 
@@ -68,9 +70,11 @@ def test_requests_spread_over_every_replica_and_follow_them_as_they_come_and_go(
                 "METRICS_BIND": f"127.0.0.1:{free_port()}",
                 "WEB_CONCURRENCY": "1",
             }
-            replica = HTTPExecutor(app.argv, url=f"http://{address}:{app_port}/healthz",
-                                   method="GET", envvars=env, timeout=60,
-                                   stdout=(tmp_path / f"{address}.log").open("ab"))  # fmt: skip
+            health = f"http://{address}:{app_port}/healthz"
+            log = (tmp_path / f"{address}.log").open("ab")
+            replica = HTTPExecutor(
+                app.argv, url=health, method="GET", envvars=env, timeout=60, stdout=log
+            )
             replica.start()
             replicas[address] = replica
 

@@ -3,7 +3,6 @@ Nothing acknowledged is lost, nothing hangs, and the service recovers by itself.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import threading
@@ -16,7 +15,8 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import CERT, Stack, free_port
+from native.harness import Stack, free_port
+from tests.helpers import edge_session, sha256
 from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack
@@ -32,15 +32,14 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def _client(self, n: int) -> None:
-        session = requests.Session()
-        session.trust_env = False
+        session = edge_session()
+        url = f"{self.stack.url}/messages"
         i = 0
         while not self.stop.is_set():
             message = f"fault-{n}-{i}-{time.monotonic_ns()}"
             started = time.monotonic()
             try:
-                r = session.post(f"{self.stack.url}/messages", json={"message": message},
-                                 verify=CERT, timeout=30)  # fmt: skip
+                r = session.post(url, json={"message": message}, timeout=30)
                 body = r.json()
                 status = r.status_code
             except requests.RequestException as exc:
@@ -87,7 +86,7 @@ def test_redis_killed_during_writes_loses_no_acknowledged_message(stack_factory)
     assert max(t for _, _, t, _ in load.results) < 5
     # After it: every message that got a 201 is there, byte for byte.
     for message, digest in acknowledged:
-        assert digest == hashlib.sha256(message.encode()).hexdigest()
+        assert digest == sha256(message)
         got = stack.request("GET", f"/messages/{digest}")
         assert got.status_code == 200 and got.json() == {"message": message}
     # And the service recovered without a restart: the last requests succeeded.
@@ -120,18 +119,18 @@ def test_a_killed_worker_costs_clients_nothing(stack_factory):
 
 def test_two_app_instances_share_the_load_and_one_can_stop(stack_factory):
     stack = stack_factory(
-        APP_INSTANCES="2", APP_2_PORT=str(free_port()), APP_2_METRICS_PORT=str(free_port()),
-        WEB_CONCURRENCY="1", GUNICORN_THREADS="2",
-    )  # fmt: skip
+        APP_INSTANCES="2",
+        APP_2_PORT=str(free_port()),
+        APP_2_METRICS_PORT=str(free_port()),
+        WEB_CONCURRENCY="1",
+        GUNICORN_THREADS="2",
+    )
     for i in range(40):
         assert (
             stack.request("POST", "/messages", json={"message": f"spread {i}"}).status_code == 201
         )
-    served = [
-        value(requests.get(f"http://127.0.0.1:{stack.cfg.app_port(i, 'app_metrics')}/metrics",
-                           timeout=5).text, "messages_stored_total")
-        for i in (1, 2)
-    ]  # fmt: skip
+    metrics = [f"http://127.0.0.1:{stack.cfg.app_port(i, 'app_metrics')}/metrics" for i in (1, 2)]
+    served = [value(requests.get(url, timeout=5).text, "messages_stored_total") for url in metrics]
     assert sum(served) == 40 and min(served) >= 10, f"nginx spread the load: {served}"
 
     load = Load(stack)
@@ -152,8 +151,10 @@ def test_a_stalled_redis_gives_fast_503s_not_hangs(stack_factory):
     time.sleep(pause)  # let the pause end before checking
     statuses = load.statuses()
     slowest = max(t for _, _, t, _ in load.results)
-    print(f"\nRedis paused {pause} s: {len(load.results)} requests, {statuses}, "
-          f"slowest {slowest:.2f} s")  # fmt: skip
+    print(
+        f"\nRedis paused {pause} s: {len(load.results)} requests, {statuses}, "
+        f"slowest {slowest:.2f} s"
+    )
     assert set(statuses) <= {201, 503}, statuses
     assert statuses.get(503), "the pause fell within the load"
     # A request waits on Redis at most ~0.9 s (three tries of 0.25 s, plus backoff), then

@@ -9,8 +9,11 @@ import pytest
 import requests
 from mirakuru import HTTPExecutor
 
-from native.stack import StackConfig, app_socket, processes, render_nginx
-from tests.conftest import eventually, free_ports_env
+from native.configs import render_nginx
+from native.harness import free_ports_env
+from native.processes import processes
+from native.settings import StackConfig, app_socket
+from tests.helpers import eventually
 from tests.metrics_text import value
 
 COUNT = "flask_http_request_duration_seconds_count"
@@ -28,9 +31,16 @@ def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
     app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
-        gunicorn = HTTPExecutor(app.argv, url=f"http://127.0.0.1:{app.port}/healthz",
-                                method="GET", envvars=app.env, stdout=stdout, stderr=stderr,
-                                timeout=60)  # fmt: skip
+        health = f"http://127.0.0.1:{app.port}/healthz"
+        gunicorn = HTTPExecutor(
+            app.argv,
+            url=health,
+            method="GET",
+            envvars=app.env,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=60,
+        )
         with gunicorn:
             master = psutil.Process(gunicorn.process.pid)
             # The master forks them one by one: the first may answer before the last exists.
@@ -55,8 +65,8 @@ def test_natively_the_app_also_listens_on_a_unix_socket_that_nginx_uses(tmp_path
     sock = app_socket(cfg, 1)
     assert app.env["APP_SOCKET"] == str(sock)
     assert f"server unix:{sock} max_fails=0;" in render_nginx(cfg).read_text()
-    with HTTPExecutor(app.argv, url=f"http://127.0.0.1:{app.port}/healthz", method="GET",
-                      envvars=app.env, timeout=60):  # fmt: skip
+    health = f"http://127.0.0.1:{app.port}/healthz"
+    with HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60):
         with socket.socket(socket.AF_UNIX) as client:  # HTTP/1.0 over the socket
             client.connect(str(sock))
             client.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")

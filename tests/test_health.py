@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from native.harness import free_port
 from service.app import create_app
-from tests.conftest import free_port
 
 
 def test_healthz_and_readyz_when_redis_is_up(client):

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from native.stack import ROOT
-from tests.conftest import CERT
+from native.harness import CERT
+from native.settings import ROOT
+from tests.helpers import JSON
 
 pytestmark = pytest.mark.stack
 
 OPENAPI = ROOT / "service" / "openapi.json"
-JSON = {"Content-Type": "application/json"}
 
 
 def test_the_openapi_document_is_published(stack):
@@ -32,11 +32,9 @@ def test_schemathesis_finds_nothing(stack):
     """Every operation, positive and negative examples, every check: no 5xx, responses and
     errors as documented (JSON with err_msg), Allow on 405, and so on."""
     schemathesis = Path(sys.executable).parent / "schemathesis"
-    run = subprocess.run(
-        [str(schemathesis), "run", f"{stack.url}/openapi.json", "--tls-verify", CERT,
-         "--checks", "all", "--max-examples", "60", "--no-color"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    argv = [str(schemathesis), "run", f"{stack.url}/openapi.json", "--tls-verify", CERT]
+    options = ["--checks", "all", "--max-examples", "60", "--no-color"]
+    run = subprocess.run([*argv, *options], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
 
 
@@ -81,9 +79,14 @@ def test_bodies_just_under_and_over_the_limit(stack):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Content-Type": ""}, {"Content-Type": "application/json; charset=utf-16"},
-     {"Content-Type": "text/json"}, {"Content-Type": "multipart/form-data; boundary=x"}],
-)  # fmt: skip
+    [
+        {},
+        {"Content-Type": ""},
+        {"Content-Type": "application/json; charset=utf-16"},
+        {"Content-Type": "text/json"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+    ],
+)
 def test_wrong_and_missing_content_types(stack, headers):
     r = stack.request("POST", "/messages", data=b'{"message": "x"}', headers=headers)
     assert_json_error(r, 415)

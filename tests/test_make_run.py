@@ -15,7 +15,7 @@ import requests
 
 from native.harness import CERT, cluster_ports_env
 from native.make_run import MakeRun, make_run_env, until
-from native.stack import ROOT
+from native.settings import ROOT
 
 pytestmark = pytest.mark.stack
 
@@ -60,20 +60,31 @@ def test_make_run_serves_stops_cleanly_and_keeps_data(tmp_path):
     stored = {}
     run_once(env, lambda run: stored.update(digest=post(run, "kept")), signal.SIGINT)
     # The message survived the restart; SIGTERM stops it as Ctrl-C does.
-    run_once(env, lambda run: get(run, stored["digest"]).json() == {"message": "kept"},
-             signal.SIGTERM)  # fmt: skip
+    run_once(
+        env, lambda run: get(run, stored["digest"]).json() == {"message": "kept"}, signal.SIGTERM
+    )
 
 
 def test_status_a_second_start_and_the_logs(tmp_path):
     # Small log files, to see them rotate: at 4 KiB (s6-log's smallest), 3 kept. The app's
     # own access line (off by default: nginx writes one) so that the app's log rotates too.
-    env = make_run_env(tmp_path / "state", LOG_FILE_BYTES="4096", LOG_FILES="3",
-                       APP_ACCESS_LOG="true")  # fmt: skip
+    env = make_run_env(
+        tmp_path / "state", LOG_FILE_BYTES="4096", LOG_FILES="3", APP_ACCESS_LOG="true"
+    )
 
     def check(run: MakeRun) -> None:
         status = run.status()
-        assert set(status) >= {"redis", "app", "nginx", "mtail", "prometheus", "alertmanager",
-                               "redis-exporter", "nginx-exporter", "node-exporter"}  # fmt: skip
+        assert set(status) >= {
+            "redis",
+            "app",
+            "nginx",
+            "mtail",
+            "prometheus",
+            "alertmanager",
+            "redis-exporter",
+            "nginx-exporter",
+            "node-exporter",
+        }
         assert all(state == "up" and pid for state, pid, _ in status.values()), status
         # A second make run on the same state folder says so, and disturbs nothing.
         second = run.tool("run")
@@ -85,8 +96,9 @@ def test_status_a_second_start_and_the_logs(tmp_path):
         assert run.status() == status
         # Every request is logged to files, never through the console, and the files rotate.
         for i in range(100):
-            r = requests.post(run.url + "/messages", json={"message": f"logged {i}"},
-                              verify=CERT, timeout=10)  # fmt: skip
+            r = requests.post(
+                run.url + "/messages", json={"message": f"logged {i}"}, verify=CERT, timeout=10
+            )
         last = r.headers["X-Request-ID"]
         for name in ("app", "nginx"):
             folder = run.state_dir / "logs" / name
@@ -100,9 +112,14 @@ def test_status_a_second_start_and_the_logs(tmp_path):
         assert '"service.access"' not in run.console()
         assert '"route":"/messages"' not in run.console()
         # make logs follows them all.
-        follow = subprocess.run(["timeout", "3", "make", "--no-print-directory", "logs"],
-                                cwd=ROOT, env={**os.environ, **run.env}, capture_output=True,
-                                text=True, check=False)  # fmt: skip
+        follow = subprocess.run(
+            ["timeout", "3", "make", "--no-print-directory", "logs"],
+            cwd=ROOT,
+            env={**os.environ, **run.env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert "logs/app/current <==" in follow.stdout and last in follow.stdout
 
     run = run_once(env, check)
@@ -148,8 +165,10 @@ def test_a_failed_job_is_a_clear_error_and_stops_nothing(tmp_path):
     run_once(single, lambda run: post(run, "data in node 1"))
     node_1 = tmp_path / "state" / "redis-cluster" / "redis"
     shutil.copytree(tmp_path / "state" / "redis" / "appendonlydir", node_1 / "appendonlydir")
-    run = MakeRun(state_dir=tmp_path / "state",
-                  env={**single, "REDIS_TOPOLOGY": "cluster", **cluster_ports_env()})  # fmt: skip
+    run = MakeRun(
+        state_dir=tmp_path / "state",
+        env={**single, "REDIS_TOPOLOGY": "cluster", **cluster_ports_env()},
+    )
     try:
         run.start(ready=False)  # the store cannot be ready: the cluster never formed
         console = run.console()

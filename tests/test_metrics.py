@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from native.stack import ROOT
+from native.harness import free_port
+from native.settings import ROOT
 from service import __version__
 from service.app import create_app
-from tests.conftest import free_port
 from tests.metrics_text import samples, value
 
 DIGEST_ROUTE = "/messages/<digest>"
@@ -77,8 +77,13 @@ def test_connection_errors_are_counted_by_kind():
 
 
 def test_timeouts_are_counted_by_kind(silent_server):
-    app = create_app({"REDIS_URL": f"redis://127.0.0.1:{silent_server}/0",
-                      "REDIS_TIMEOUT": "0.1", "REDIS_RETRIES": "0"})  # fmt: skip
+    app = create_app(
+        {
+            "REDIS_URL": f"redis://127.0.0.1:{silent_server}/0",
+            "REDIS_TIMEOUT": "0.1",
+            "REDIS_RETRIES": "0",
+        }
+    )
     assert app.test_client().get(f"/messages/{'0' * 64}").status_code == 503
     text = scrape(app)
     assert value(text, "messages_redis_errors_total", command="GET", kind="timeout") == 1
@@ -137,7 +142,7 @@ def test_an_exception_past_every_handler_is_counted_once(app):
 MULTIPROCESS_PROGRAM = """
 import os, sys
 from prometheus_client import Counter, values
-from service.metrics import cache_pid_for_multiprocess_values
+from service.speedups import cache_pid_for_multiprocess_values
 cache_pid_for_multiprocess_values()
 assert values.ValueClass.__name__ == "MmapedValue"
 counter = Counter("forks", "Counted by two processes")
@@ -154,8 +159,14 @@ print(os.getpid(), child)
 
 def test_with_the_pid_cached_each_forked_process_still_counts_in_its_own_file(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-c", MULTIPROCESS_PROGRAM], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", MULTIPROCESS_PROGRAM],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     parent, child = run.stdout.split()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{parent}.db", f"counter_{child}.db"]

@@ -14,8 +14,10 @@ import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from native.stack import PROMETHEUS_JOB_PORTS
-from tests.conftest import EVERYTHING, Stack
+from native.configs import PROMETHEUS_JOB_PORTS
+from native.harness import EVERYTHING, Stack, make_stack
+from native.processes import app_env
+from tests.helpers import edge_session
 from tests.metrics_text import series_count, value
 
 pytestmark = pytest.mark.stack
@@ -27,11 +29,13 @@ COUNT = "flask_http_request_duration_seconds_count"
 def full_stack(tmp_path_factory):
     """Every process of make run; two single-threaded workers, so that concurrent requests
     must be spread over both; Prometheus scraping every second."""
-    from tests.conftest import make_stack
-
     tmp = tmp_path_factory.mktemp("full")
-    settings = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1", "SCRAPE_INTERVAL": "1s",
-                "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}  # fmt: skip
+    settings = {
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "1",
+        "SCRAPE_INTERVAL": "1s",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+    }
     stack = make_stack(tmp, EVERYTHING, **settings)
     stack.start()
     yield stack
@@ -44,7 +48,7 @@ def workers(stack: Stack) -> list[psutil.Process]:
 
 def per_worker_counts(stack: Stack, path: str, status: str) -> dict[int, float]:
     """Requests each live worker counted, read from its own multiprocess file."""
-    folder = Path(stack.cfg.app_env()["PROMETHEUS_MULTIPROC_DIR"])
+    folder = Path(app_env(stack.cfg)["PROMETHEUS_MULTIPROC_DIR"])
     counts = {}
     for proc in workers(stack):
         files = [str(f) for f in folder.glob(f"histogram_{proc.pid}.db")]
@@ -62,9 +66,9 @@ def per_worker_counts(stack: Stack, path: str, status: str) -> dict[int, float]:
 
 
 def post_many(stack: Stack, messages: list[str]) -> list[int]:
-    def post(message: str) -> int:
-        r = requests.post(stack.url + "/messages", json={"message": message},
-                          verify=stack.http.verify, timeout=30)  # fmt: skip
+    def post(message: str) -> int:  # a connection of its own for each
+        with edge_session() as http:
+            r = http.post(stack.url + "/messages", json={"message": message}, timeout=30)
         return r.status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -92,13 +96,14 @@ def test_counts_are_exact_across_workers(full_stack):
     assert value(after, "messages_build_info") == 1
 
     # The edge counts every one of them too (nginx flushes its buffered lines within 1 s).
-    edge_before = value(before_edge, "edge_http_requests_total", route="/messages", status="201")
+    def edge_posts(text: str) -> float:
+        return value(text, "edge_http_requests_total", route="/messages", status="201")
+
+    edge_before = edge_posts(before_edge)
     full_stack.executors["mtail"].wait_for(
-        lambda: value(full_stack.scrape("mtail"), "edge_http_requests_total",
-                      route="/messages", status="201") - edge_before >= n
-    )  # fmt: skip
-    edge_after = value(full_stack.scrape("mtail"), "edge_http_requests_total",
-                       route="/messages", status="201")  # fmt: skip
+        lambda: edge_posts(full_stack.scrape("mtail")) - edge_before >= n
+    )
+    edge_after = edge_posts(full_stack.scrape("mtail"))
     assert edge_after - edge_before == n
 
 

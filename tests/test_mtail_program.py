@@ -3,15 +3,15 @@ in the form nginx writes them."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
+import pytest
 import requests
 from mirakuru import HTTPExecutor, SimpleExecutor
 
 from native.harness import free_port
-from native.stack import ROOT
-from tests.conftest import eventually
+from native.settings import ROOT
+from tests.helpers import eventually, mtail_one_shot
 from tests.metrics_text import value
 
 OLD_LINES = [  # written before nginx logged the cache status
@@ -40,13 +40,7 @@ LINES = [*OLD_LINES, *CACHE_LINES, "something that is not an edge line"]
 def run_mtail(tmp_path) -> str:
     log = tmp_path / "edge.log"
     log.write_text("\n".join(LINES) + "\n")
-    out = subprocess.run(
-        ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
-         "--one_shot", "--one_shot_format", "prometheus", "--emit_prog_label=false",
-         "--address", "127.0.0.1", "--port", "0"],  # it opens its HTTP port even here
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout
+    return mtail_one_shot(log)
 
 
 def test_requests_are_counted_by_route_method_and_status(tmp_path):
@@ -92,19 +86,18 @@ def test_requests_are_counted_by_cache_status(tmp_path):
     assert value(text, name) == len(CACHE_LINES)
 
 
+@pytest.mark.stack  # mtail running, tailing the log
 def test_the_trimmed_log_keeps_being_counted(tmp_path):
     """monitoring/edge-log/trim.sh empties the log past its size limit; the real mtail, tailing
     it, counts the lines written before and after, and a log under the limit is left alone."""
     log = tmp_path / "edge.log"
     log.write_text("")
     port = free_port()
-    mtail = HTTPExecutor(
-        ["mtail", "--progs", str(ROOT / "monitoring" / "mtail"), "--logs", str(log),
-         "--emit_prog_label=false", "--address", "127.0.0.1", "--port", str(port)],
-        url=f"http://127.0.0.1:{port}/metrics", method="GET", timeout=30,
-    )  # fmt: skip
-    trim = SimpleExecutor(["sh", str(ROOT / "monitoring" / "edge-log" / "trim.sh"), str(log),
-                           "1000", "0.2"], timeout=10)  # fmt: skip
+    progs = ["--progs", str(ROOT / "monitoring" / "mtail"), "--emit_prog_label=false"]
+    argv = ["mtail", *progs, "--logs", str(log), "--address", "127.0.0.1", "--port", str(port)]
+    mtail = HTTPExecutor(argv, url=f"http://127.0.0.1:{port}/metrics", method="GET", timeout=30)
+    trim_sh = ROOT / "monitoring" / "edge-log" / "trim.sh"
+    trim = SimpleExecutor(["sh", str(trim_sh), str(log), "1000", "0.2"], timeout=10)
     count = "edge_http_requests_total"
 
     def counted() -> float:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from native.stack import ROOT
+from native.settings import ROOT
 
 pytestmark = pytest.mark.stack
 

@@ -3,33 +3,30 @@ keys spread over the shards, a killed master fails over, and WAIT works per shar
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
-import requests
 from mirakuru import TCPExecutor
-from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 
-from native.harness import free_cluster_port
-from native.stack import ROOT
+from native.harness import free_cluster_port, make_stack, redis_executor
+from native.settings import ROOT
 from service.app import create_app
 from service.config import Settings
-from service.metrics import StoreMetrics
-from service.store import MessageStore, make_client
-from tests.conftest import eventually, make_stack, redis_executor
+from tests.helpers import FailoverWrites, eventually, prometheus_query, traced_store
 
 pytestmark = pytest.mark.stack
+
+
+def cluster_node(folder: Path, port: int, *extra: str) -> TCPExecutor:
+    """A redis-server as a cluster node, its nodes.conf in folder."""
+    cluster = ["--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf")]
+    return redis_executor(folder, port, *cluster, "--cluster-node-timeout", "1000", *extra)
 
 
 @pytest.fixture
@@ -40,16 +37,12 @@ def cluster(tmp_path) -> Iterator[list[TCPExecutor]]:
             port = free_cluster_port()
             folder = tmp_path / str(port)
             folder.mkdir()
-            node = redis_executor(folder, port, "--cluster-enabled", "yes",
-                                  "--cluster-config-file", str(folder / "nodes.conf"),
-                                  "--cluster-node-timeout", "1000")  # fmt: skip
+            node = cluster_node(folder, port)
             node.start()
             nodes.append(node)
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
-             "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1"]
+        subprocess.run([*create, "--cluster-yes"], check=True, capture_output=True, timeout=60)
         first = redis.Redis(port=nodes[0].port)
         eventually(lambda: first.cluster("info")["cluster_state"] == "ok", 30)
 
@@ -95,43 +88,32 @@ def test_the_api_works_and_keys_spread_over_the_shards(cluster):
 
 
 def test_a_killed_master_fails_over(cluster):
-    app = create_app(env_for(cluster))
-    results: list[tuple[int, dict]] = []
-    stop = threading.Event()
+    with FailoverWrites(create_app(env_for(cluster)), "cluster") as writes:
+        time.sleep(1)
+        victim_port = min(master_ports(cluster[0].port))
+        victim = next(n for n in cluster if n.port == victim_port)
+        victim.kill(sig=signal.SIGKILL)
+        killed_at = time.monotonic()
+        others = [n for n in cluster if n is not victim]
+        survivor = redis.Redis(port=others[0].port)
 
-    def writer(n: int) -> None:
-        client = app.test_client()
-        i = 0
-        while not stop.is_set():
-            r = client.post("/messages", json={"message": f"cluster-{n}-{i}"})
-            results.append((r.status_code, r.get_json()))
-            i += 1
+        def failed_over() -> bool:
+            ok = survivor.cluster("info")["cluster_state"] == "ok"
+            return ok and victim_port not in master_ports(others[0].port)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(1)
-    victim_port = min(master_ports(cluster[0].port))
-    victim = next(n for n in cluster if n.port == victim_port)
-    victim.kill(sig=signal.SIGKILL)
-    killed_at = time.monotonic()
-    others = [n for n in cluster if n is not victim]
-    survivor = redis.Redis(port=others[0].port)
-    eventually(lambda: survivor.cluster("info")["cluster_state"] == "ok"
-               and victim_port not in master_ports(others[0].port), 60)  # fmt: skip
-    failover_s = time.monotonic() - killed_at
-    time.sleep(2)
-    stop.set()
-    for t in threads:
-        t.join()
-    statuses = {s: sum(1 for x, _ in results if x == s) for s in {x for x, _ in results}}
-    acknowledged = [body["digest"] for s, body in results if s == 201]
+        eventually(failed_over, 60)
+        failover_s = time.monotonic() - killed_at
+        time.sleep(2)
+    results = writes.results
+    statuses = writes.statuses()
     reader = create_app(env_for(others)).test_client()
-    lost = [d for d in acknowledged if reader.get(f"/messages/{d}").status_code != 200]
-    print(f"\nCluster failover: a master SIGKILLed, cluster ok again after {failover_s:.1f} s; "
-          f"{len(results)} writes {statuses}; acknowledged but lost: {len(lost)}")  # fmt: skip
+    lost = [d for _, d in writes.acknowledged() if reader.get(f"/messages/{d}").status_code != 200]
+    print(
+        f"\nCluster failover: a master SIGKILLed, cluster ok again after {failover_s:.1f} s; "
+        f"{len(results)} writes {statuses}; acknowledged but lost: {len(lost)}"
+    )
     assert set(statuses) <= {201, 503}, statuses
-    assert results[-1][0] == 201  # recovered by itself
+    assert results[-1][1] == 201  # recovered by itself
     assert len(lost) <= 4 * 2  # asynchronous replication: only the last moment can be lost
 
 
@@ -139,22 +121,14 @@ def test_wait_per_shard(cluster):
     client = create_app(env_for(cluster, REDIS_WAIT_REPLICAS="1")).test_client()
     for i in range(10):
         assert client.post("/messages", json={"message": f"replicated {i}"}).status_code == 201
-    client2 = create_app(env_for(cluster, REDIS_WAIT_REPLICAS="2",
-                                 REDIS_WAIT_TIMEOUT_MS="50")).test_client()  # fmt: skip
+    two_replicas = env_for(cluster, REDIS_WAIT_REPLICAS="2", REDIS_WAIT_TIMEOUT_MS="50")
+    client2 = create_app(two_replicas).test_client()
     r = client2.post("/messages", json={"message": "needs two replicas, has one"})
     assert r.status_code == 503
 
 
 def test_a_traced_replicated_write_has_its_redis_span(cluster):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = Settings.from_env(env_for(cluster))
-    store = MessageStore(
-        lambda: make_client(settings), StoreMetrics.create(CollectorRegistry()), (1, 1000),
-        trace_client=functools.partial(RedisInstrumentor.instrument_client,
-                                       tracer_provider=provider),
-    )  # fmt: skip
+    store, provider, exporter = traced_store(Settings.from_env(env_for(cluster)), (1, 1000))
     for i in range(2):  # the second time on the node connection already instrumented
         with provider.get_tracer("test").start_as_current_span("request"):
             assert store.put(f"traced and replicated {i}".encode())[1] is True
@@ -167,18 +141,19 @@ def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
     """REDIS_TOPOLOGY=cluster: the native stack runs six nodes on the shared redis.conf,
     joins them, and the service stores through the TLS edge across the three masters."""
     ports = {f"REDIS_{n}_PORT": str(free_cluster_port()) for n in range(2, 7)}
+    ports["REDIS_PORT"] = str(free_cluster_port())
     nodes = ("redis", *[f"redis-{n}" for n in range(2, 7)], "redis-cluster")
-    stack = make_stack(tmp_path, (*nodes, "app", "nginx", "redis-exporter", "prometheus"),
-                       REDIS_TOPOLOGY="cluster", REDIS_PORT=str(free_cluster_port()),
-                       SCRAPE_INTERVAL="1s", **ports)  # fmt: skip
+    parts = (*nodes, "app", "nginx", "redis-exporter", "prometheus")
+    stack = make_stack(tmp_path, parts, REDIS_TOPOLOGY="cluster", SCRAPE_INTERVAL="1s", **ports)
     stack.start()
     try:
         first = stack.redis
         eventually(lambda: first.cluster("info")["cluster_state"] == "ok", 60)
         digests = {}
         for i in range(60):
-            r = eventually(lambda i=i: stack.request("POST", "/messages",
-                                                     json={"message": f"sharded {i}"}))  # fmt: skip
+            r = eventually(
+                lambda i=i: stack.request("POST", "/messages", json={"message": f"sharded {i}"})
+            )
             assert r.status_code == 201
             digests[r.json()["digest"]] = f"sharded {i}"
         for digest, message in digests.items():
@@ -187,16 +162,17 @@ def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
         masters = [n for n in first.cluster("nodes").items() if n[1]["slots"]]
         assert len(masters) == 3
         password = stack.cfg.redis_password_file.read_text().strip()
-        sizes = [redis.Redis(host=a.split(":")[0], port=int(a.split(":")[1].split("@")[0]),
-                             password=password).dbsize() for a, _ in masters]  # fmt: skip
+        addresses = [a.split("@")[0].split(":") for a, _ in masters]  # host:port@bus
+        sizes = [
+            redis.Redis(host=host, port=int(port), password=password).dbsize()
+            for host, port in addresses
+        ]
         assert sum(sizes) == 60 and min(sizes) >= 5, sizes
-        # Prometheus sees every node, through the exporter: each says the cluster is ok.
-        query = f"http://{stack.cfg.address('prometheus')}/api/v1/query"
 
+        # Prometheus sees every node, through the exporter: each says the cluster is ok.
         def cluster_states() -> dict[str, float]:
-            answer = requests.get(query, params={"query": "redis_cluster_state"}, timeout=5)
-            return {r["metric"]["instance"]: float(r["value"][1])
-                    for r in answer.json()["data"]["result"]}  # fmt: skip
+            answer = prometheus_query(stack.cfg.address("prometheus"), "redis_cluster_state")
+            return {r["metric"]["instance"]: float(r["value"][1]) for r in answer["data"]["result"]}
 
         expected = {f"redis://127.0.0.1:{stack.cfg.redis_node_port(n)}" for n in range(1, 7)}
         eventually(lambda: set(cluster_states()) == expected, 60)
@@ -228,21 +204,22 @@ def test_the_join_script_creates_the_cluster_and_rejoins_it_on_new_addresses(tmp
         nodes = []
         for folder in folders:
             folder.mkdir(exist_ok=True)
-            node = redis_executor(folder, free_cluster_port(), "--cluster-enabled", "yes",
-                                  "--cluster-config-file", str(folder / "nodes.conf"),
-                                  "--cluster-node-timeout", "1000",
-                                  "--requirepass", password, "--masterauth", password)  # fmt: skip
+            auth = ["--requirepass", password, "--masterauth", password]
+            node = cluster_node(folder, free_cluster_port(), *auth)
             node.start()
             nodes.append(node)
         return nodes
 
     def join(nodes: list[TCPExecutor]) -> subprocess.CompletedProcess:
+        argv = ["sh", str(ROOT / "redis" / "cluster-join.sh")]
         return subprocess.run(
-            ["sh", str(ROOT / "redis" / "cluster-join.sh"),
-             *[f"localhost:{n.port}" for n in nodes]],
+            [*argv, *[f"localhost:{n.port}" for n in nodes]],
             env={**os.environ, "REDISCLI_AUTH": password, "CLUSTER_JOIN_TIMEOUT": "60"},
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def cluster_client(nodes: list[TCPExecutor]) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=nodes[0].port, password=password)

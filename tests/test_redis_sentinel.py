@@ -3,9 +3,7 @@ works, a killed master is replaced, and the opt-in WAIT makes a 201 mean "on a r
 
 from __future__ import annotations
 
-import hashlib
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +13,9 @@ import pytest
 import redis
 from mirakuru import TCPExecutor
 
+from native.harness import START_TIMEOUT, free_port, redis_executor
 from service.app import create_app
-from tests.conftest import START_TIMEOUT, eventually, free_port, redis_executor
+from tests.helpers import FailoverWrites, eventually, sha256
 
 pytestmark = pytest.mark.stack
 
@@ -32,8 +31,11 @@ class Topology:
     @property
     def sentinel_env(self) -> dict[str, str]:
         addresses = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return {"REDIS_MODE": "sentinel", "REDIS_SENTINELS": addresses,
-                "REDIS_SENTINEL_MASTER": MASTER_NAME}  # fmt: skip
+        return {
+            "REDIS_MODE": "sentinel",
+            "REDIS_SENTINELS": addresses,
+            "REDIS_SENTINEL_MASTER": MASTER_NAME,
+        }
 
     def current_master_port(self) -> int:
         s = redis.Redis(port=self.sentinels[0].port)
@@ -49,8 +51,8 @@ def sentinel_executor(tmp: Path, port: int, master_port: int) -> TCPExecutor:
         f"sentinel failover-timeout {MASTER_NAME} 5000\n"
     )
     log = (tmp / f"sentinel-{port}.log").open("ab")
-    return TCPExecutor(["redis-server", str(conf), "--sentinel"], host="127.0.0.1", port=port,
-                       stdout=log, timeout=START_TIMEOUT)  # fmt: skip
+    argv = ["redis-server", str(conf), "--sentinel"]
+    return TCPExecutor(argv, host="127.0.0.1", port=port, stdout=log, timeout=START_TIMEOUT)
 
 
 @pytest.fixture
@@ -59,8 +61,9 @@ def topology(tmp_path) -> Iterator[Topology]:
     (tmp_path / "m").mkdir()
     (tmp_path / "r").mkdir()
     master = redis_executor(tmp_path / "m", master_port)
-    replica = redis_executor(tmp_path / "r", replica_port, "--replicaof", "127.0.0.1",
-                             str(master_port))  # fmt: skip
+    replica = redis_executor(
+        tmp_path / "r", replica_port, "--replicaof", "127.0.0.1", str(master_port)
+    )
     sentinels = [sentinel_executor(tmp_path, free_port(), master_port) for _ in range(3)]
     started = []
     try:
@@ -92,44 +95,29 @@ def test_the_api_works_through_sentinel(topology):
 
 
 def test_a_killed_master_is_replaced_and_the_service_recovers(topology):
-    app = create_app(topology.sentinel_env)
-    results: list[tuple[str, int, dict]] = []
-    stop = threading.Event()
+    with FailoverWrites(create_app(topology.sentinel_env), "failover") as writes:
+        time.sleep(1)
+        old_master = topology.master.port
+        topology.master.kill(sig=signal.SIGKILL)
+        killed_at = time.monotonic()
+        eventually(lambda: topology.current_master_port() != old_master, 30)
+        failover_s = time.monotonic() - killed_at
+        time.sleep(2)  # writes go on against the new master
 
-    def writer(n: int) -> None:
-        client = app.test_client()
-        i = 0
-        while not stop.is_set():
-            message = f"failover-{n}-{i}"
-            r = client.post("/messages", json={"message": message})
-            results.append((message, r.status_code, r.get_json()))
-            i += 1
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(1)
-    old_master = topology.master.port
-    topology.master.kill(sig=signal.SIGKILL)
-    killed_at = time.monotonic()
-    eventually(lambda: topology.current_master_port() != old_master, 30)
-    failover_s = time.monotonic() - killed_at
-    time.sleep(2)  # writes go on against the new master
-    stop.set()
-    for t in threads:
-        t.join()
-
-    statuses = {s: sum(1 for _, x, _ in results if x == s) for s in {x for _, x, _ in results}}
-    acknowledged = [(m, body["digest"]) for m, s, body in results if s == 201]
+    results = writes.results
+    statuses = writes.statuses()
+    acknowledged = writes.acknowledged()
     reader = create_app(topology.sentinel_env).test_client()
     lost = [d for m, d in acknowledged if reader.get(f"/messages/{d}").status_code != 200]
-    print(f"\nSentinel failover: master SIGKILLed, new master after {failover_s:.1f} s; "
-          f"{len(results)} writes {statuses}; acknowledged but lost: {len(lost)}")  # fmt: skip
+    print(
+        f"\nSentinel failover: master SIGKILLed, new master after {failover_s:.1f} s; "
+        f"{len(results)} writes {statuses}; acknowledged but lost: {len(lost)}"
+    )
     assert set(statuses) <= {201, 503}, statuses  # errors are the clear, retryable kind
     assert statuses.get(503, 0) < len(results)
     assert results[-1][1] == 201  # writing again, to the new master, without a restart
     for message, digest in acknowledged[-10:]:
-        assert digest == hashlib.sha256(message.encode()).hexdigest()
+        assert digest == sha256(message)
     # Replication is asynchronous: a write acknowledged just before the crash may not have
     # reached the replica. Only a handful can be in that window.
     assert len(lost) <= 4 * 2

@@ -49,8 +49,9 @@ def count(sampler: Sampler, n: int) -> int:
 def remote_parent(is_sampled: bool):
     """The context a trusted caller's traceparent gives."""
     flags = TraceFlags(TraceFlags.SAMPLED if is_sampled else TraceFlags.DEFAULT)
-    span = NonRecordingSpan(SpanContext(trace_id(), 0xB7AD6B7169203331, is_remote=True,
-                                        trace_flags=flags))  # fmt: skip
+    span = NonRecordingSpan(
+        SpanContext(trace_id(), 0xB7AD6B7169203331, is_remote=True, trace_flags=flags)
+    )
     return trace.set_span_in_context(span)
 
 
@@ -278,13 +279,15 @@ def test_the_sdk_finds_them_as_it_finds_its_own(monkeypatch):
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "4,0.5")
     sampler = _import_sampler("parentbased_ratelimited")
-    assert sampler.get_description().startswith("ParentBased{root:RateLimited{4/s, then "
-                                                "TraceIdRatioBased{0.5}}")  # fmt: skip
+    assert sampler.get_description().startswith(
+        "ParentBased{root:RateLimited{4/s, then TraceIdRatioBased{0.5}}"
+    )
 
 
 def test_otel_traces_sampler_selects_them_through_the_entry_points(monkeypatch):
-    sampler = telemetry.sampler_from_env({"OTEL_TRACES_SAMPLER": "parentbased_ratelimited",
-                                          "OTEL_TRACES_SAMPLER_ARG": "7,0.1"})  # fmt: skip
+    sampler = telemetry.sampler_from_env(
+        {"OTEL_TRACES_SAMPLER": "parentbased_ratelimited", "OTEL_TRACES_SAMPLER_ARG": "7,0.1"}
+    )
     assert isinstance(sampler, ParentBased)
     assert isinstance(sampler._root, RateLimitedSampler)
     assert (sampler._root.traces_per_second, sampler._root.ratio) == (7.0, 0.1)
@@ -298,8 +301,9 @@ def test_otel_traces_sampler_selects_them_through_the_entry_points(monkeypatch):
 
 def test_the_default_is_the_budget():
     assert (telemetry.DEFAULT_SAMPLER, telemetry.DEFAULT_SAMPLER_ARG) == (
-        "parentbased_ratelimited", "1,0.01"
-    )  # fmt: skip
+        "parentbased_ratelimited",
+        "1,0.01",
+    )
     assert sampling.DEFAULT_ARG == telemetry.DEFAULT_SAMPLER_ARG
     sampler = telemetry.sampler_from_env({})
     assert isinstance(sampler._root, RateLimitedSampler)
@@ -323,6 +327,7 @@ def test_an_operators_own_sampler_package_works_too(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: percent-sampler\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[{GROUP}]\npercent = percent_sampler:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    sampler = telemetry.sampler_from_env({"OTEL_TRACES_SAMPLER": "percent",
-                                          "OTEL_TRACES_SAMPLER_ARG": "25"})  # fmt: skip
+    sampler = telemetry.sampler_from_env(
+        {"OTEL_TRACES_SAMPLER": "percent", "OTEL_TRACES_SAMPLER_ARG": "25"}
+    )
     assert sampler.get_description() == "TraceIdRatioBased{0.25}"

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
 import pytest
 import redis
 from opentelemetry import trace
-from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 from prometheus_client import CollectorRegistry
 
-from native.stack import ROOT
+from native.harness import free_port, redis_executor
+from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
 from service.store import MessageStore, StoreUnavailable, digest_of, make_client
-from tests.conftest import free_port, redis_executor
+from tests.helpers import traced_store
 
 
 def store_for(url: str, **settings) -> MessageStore:
@@ -62,6 +58,7 @@ def test_hung_redis_is_unavailable_not_a_hang(silent_server):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.stack  # a redis-server of its own, stopped and started
 def test_store_recovers_when_redis_comes_back(tmp_path):
     port = free_port()
     server = redis_executor(tmp_path, port)
@@ -79,6 +76,7 @@ def test_store_recovers_when_redis_comes_back(tmp_path):
         server.stop()
 
 
+@pytest.mark.stack  # a redis-server of its own, with a password
 def test_password_in_url(tmp_path):
     port = free_port()
     server = redis_executor(tmp_path, port, "--requirepass", "s3cret")
@@ -106,6 +104,7 @@ def test_each_client_has_its_own_bounded_pool(redis_url):
     assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (0.25, 0.25)
 
 
+@pytest.mark.stack  # a redis-server of its own
 def test_config_rewrite_never_touches_the_shared_config(tmp_path):
     shared = (ROOT / "redis" / "redis.conf").read_text()
     port = free_port()
@@ -116,16 +115,8 @@ def test_config_rewrite_never_touches_the_shared_config(tmp_path):
 
 
 def test_only_commands_inside_a_recording_span_are_traced(redis_url):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    store, provider, exporter = traced_store(Settings(redis_url=redis_url))
     tracer = provider.get_tracer("test")
-    metrics = StoreMetrics.create(CollectorRegistry())
-    store = MessageStore(
-        lambda: make_client(Settings(redis_url=redis_url)), metrics,
-        trace_client=functools.partial(RedisInstrumentor.instrument_client,
-                                       tracer_provider=provider),
-    )  # fmt: skip
     digest, _ = store.put(b"untraced")  # no span: the plain client
     with trace.use_span(NonRecordingSpan(SpanContext(1, 2, is_remote=False))):
         store.get(digest)  # a span that is not sampled: the plain client too

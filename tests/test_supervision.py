@@ -14,9 +14,10 @@ import psutil
 import pytest
 import requests
 
+from native.edge_cache import SHARED_MEMORY, edge_cache_dir
 from native.harness import CERT
 from native.make_run import MakeRun, make_run_env, until
-from native.stack import SHARED_MEMORY, StackConfig, edge_cache_dir
+from native.settings import StackConfig
 from tests.dashboards import QUERIES, SUPERVISOR_METRICS, substitute
 
 pytestmark = pytest.mark.stack
@@ -47,8 +48,7 @@ def run(tmp_path_factory) -> Iterator[MakeRun]:
 def post(run: MakeRun, message: str) -> tuple[int, dict | str]:
     """A POST through the edge: (status, JSON body), or (0, the error) if no answer."""
     try:
-        r = requests.post(run.url + "/messages", json={"message": message}, verify=CERT,
-                          timeout=10)  # fmt: skip
+        r = requests.post(run.url + "/messages", json={"message": message}, verify=CERT, timeout=10)
     except requests.RequestException as exc:
         return 0, repr(exc)
     return r.status_code, r.json()
@@ -69,8 +69,10 @@ def outage(run: MakeRun, component: str) -> tuple[float, list]:
             break
         time.sleep(0.05)
     took = time.monotonic() - started
-    print(f"\n{component} killed: a new one serves 201s after {took:.2f} s; other answers: "
-          f"{sorted({s for s, _ in answers})} x{len(answers)}")  # fmt: skip
+    print(
+        f"\n{component} killed: a new one serves 201s after {took:.2f} s; other answers: "
+        f"{sorted({s for s, _ in answers})} x{len(answers)}"
+    )
     return took, answers
 
 
@@ -82,8 +84,12 @@ def test_as_shipped_nginx_reaches_the_app_over_its_socket_and_caches_found_messa
     assert status == 201
     ids = [f"shipped-{time.monotonic_ns()}-{i}" for i in range(2)]
     for request_id in ids:
-        r = requests.get(f"{run.url}/messages/{body['digest']}", verify=CERT, timeout=10,
-                         headers={"X-Request-ID": request_id})  # fmt: skip
+        r = requests.get(
+            f"{run.url}/messages/{body['digest']}",
+            verify=CERT,
+            timeout=10,
+            headers={"X-Request-ID": request_id},
+        )
         assert r.status_code == 200 and "immutable" in r.headers["Cache-Control"]
     logs = run.state_dir / "logs"
 
@@ -94,12 +100,14 @@ def test_as_shipped_nginx_reaches_the_app_over_its_socket_and_caches_found_messa
             for x in map(json.loads, (line for line in text.splitlines() if line.startswith("{")))
             if x["request_id"] in ids
         }
-        return [found[i] for i in ids] if len(found) == len(ids) else None  # fmt: skip
+        return [found[i] for i in ids] if len(found) == len(ids) else None
 
     until(lambda: edge_lines() is not None, 10)
     first, second = edge_lines()
     assert (first["cache"], first["upstream_addr"]) == (
-        "MISS", f"unix:{run.state_dir / 'run' / 'app-1.sock'}")  # fmt: skip
+        "MISS",
+        f"unix:{run.state_dir / 'run' / 'app-1.sock'}",
+    )
     assert (second["cache"], second["upstream_addr"]) == ("HIT", "")
     cache = edge_cache_dir(StackConfig.from_env(run.env))
     assert cache.parent == SHARED_MEMORY and any(p.is_file() for p in cache.rglob("*"))
@@ -126,8 +134,9 @@ def test_redis_killed_is_serving_again_within_5_s_and_loses_nothing(run):
     took, answers = outage(run, "redis")
     assert took < 5
     # Meanwhile: quick JSON 503s from the app, never a refused connection or a hang.
-    assert all(s == 503 and b == {"err_msg": "Store unavailable, try again later"}
-               for s, b in answers), answers  # fmt: skip
+    assert all(
+        s == 503 and b == {"err_msg": "Store unavailable, try again later"} for s, b in answers
+    ), answers
     r = requests.get(f"{run.url}/messages/{body['digest']}", verify=CERT, timeout=5)
     assert r.json() == {"message": "acknowledged before the crash"}
     assert others(run, "redis") == before
@@ -236,8 +245,11 @@ def test_a_crash_loop_is_given_up_visible_and_alerted_then_restartable(run):
     assert 'supervisor_component_given_up{component="mtail"} 1' in metrics.text
     until(lambda: alerts(run, "ComponentGivenUp"), 90, every=1)
     # And the edge metrics' scrape target is down (a dead mtail, as any scrape target).
-    until(lambda: any(a["labels"].get("job") == "edge" for a in alerts(run, "ScrapeTargetMissing")),
-          180, every=1)  # fmt: skip
+    until(
+        lambda: any(a["labels"].get("job") == "edge" for a in alerts(run, "ScrapeTargetMissing")),
+        180,
+        every=1,
+    )
     # Every dashboard panel on the supervisor's metrics shows this.
     prometheus = f"http://127.0.0.1:{run.port('PROMETHEUS')}/api/v1/query"
     for dashboard, panel, expr in [q for q in QUERIES if SUPERVISOR_METRICS in q[2]]:

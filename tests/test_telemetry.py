@@ -35,36 +35,50 @@ def test_tracing_enabled(env, enabled):
     [
         # The default: per process, 1 trace a second, then 1% of the rest.
         ({}, "ParentBased{root:RateLimited{1/s, then TraceIdRatioBased{0.01}}"),
-        ({"OTEL_TRACES_SAMPLER": "", "OTEL_TRACES_SAMPLER_ARG": ""},  # compose's unset
-         "ParentBased{root:RateLimited{1/s, then TraceIdRatioBased{0.01}}"),
-        ({"OTEL_TRACES_SAMPLER_ARG": "5"}, "ParentBased{root:RateLimited{5/s, then "
-         "TraceIdRatioBased{0.0}}"),
-        ({"OTEL_TRACES_SAMPLER": "ratelimited", "OTEL_TRACES_SAMPLER_ARG": "0.5, 0.1"},
-         "RateLimited{0.5/s, then TraceIdRatioBased{0.1}}"),
+        (
+            {"OTEL_TRACES_SAMPLER": "", "OTEL_TRACES_SAMPLER_ARG": ""},  # compose's unset
+            "ParentBased{root:RateLimited{1/s, then TraceIdRatioBased{0.01}}",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER_ARG": "5"},
+            "ParentBased{root:RateLimited{5/s, then TraceIdRatioBased{0.0}}",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "ratelimited", "OTEL_TRACES_SAMPLER_ARG": "0.5, 0.1"},
+            "RateLimited{0.5/s, then TraceIdRatioBased{0.1}}",
+        ),
         ({"OTEL_TRACES_SAMPLER": "ratelimited"}, "RateLimited{1/s, then TraceIdRatioBased{0.01}}"),
         # The SDK's own samplers, as the SDK reads them (its names in any case).
         ({"OTEL_TRACES_SAMPLER": "always_on"}, "AlwaysOnSampler"),
         ({"OTEL_TRACES_SAMPLER": " ParentBased_Always_Off "}, "ParentBased{root:AlwaysOffSampler"),
-        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
-         "TraceIdRatioBased{0.25}"),
-        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
-         "ParentBased{root:TraceIdRatioBased{0.1}"),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+            "TraceIdRatioBased{0.25}",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            "ParentBased{root:TraceIdRatioBased{0.1}",
+        ),
         # No argument: the SDK's ratio, 1.0 (the service's default argument is not a ratio).
         ({"OTEL_TRACES_SAMPLER": "traceidratio"}, "TraceIdRatioBased{1.0}"),
     ],
-)  # fmt: skip
+)
 def test_the_sampler_is_named_by_the_standard_variables(env, description):
     assert telemetry.sampler_from_env(env).get_description().startswith(description)
 
 
 @pytest.mark.parametrize(
     "env",
-    [{"OTEL_TRACES_SAMPLER": "sometimes"}, {"OTEL_TRACES_SAMPLER_ARG": "1,1.5"},
-     {"OTEL_TRACES_SAMPLER_ARG": "-1"}, {"OTEL_TRACES_SAMPLER_ARG": "half"},
-     {"OTEL_TRACES_SAMPLER_ARG": "1,0.01,5"},
-     {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
-     {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1,0.01"}],
-)  # fmt: skip
+    [
+        {"OTEL_TRACES_SAMPLER": "sometimes"},
+        {"OTEL_TRACES_SAMPLER_ARG": "1,1.5"},
+        {"OTEL_TRACES_SAMPLER_ARG": "-1"},
+        {"OTEL_TRACES_SAMPLER_ARG": "half"},
+        {"OTEL_TRACES_SAMPLER_ARG": "1,0.01,5"},
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1,0.01"},
+    ],
+)
 def test_a_sampler_setting_that_makes_no_sense_stops_the_start(env):
     with pytest.raises(ValueError, match=r"^OTEL_TRACES_SAMPLER"):
         telemetry.sampler_from_env(env)
@@ -88,8 +102,11 @@ def test_stable_attribute_names_unless_the_operator_opts_otherwise(given, seen):
 def operator_env(monkeypatch):
     """The resource variables the SDK reads from the process environment, cleared; the
     test sets the ones it needs."""
-    for name in ("OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME",
-                 "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"):  # fmt: skip
+    for name in (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_SERVICE_NAME",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from native.harness import Stack, make_stack
 from native.otlp_receiver import Receiver, Span, start_receiver
-from tests.conftest import Stack, make_stack
+from tests.helpers import edge_access_lines
 
 pytestmark = pytest.mark.stack
 
@@ -24,18 +25,14 @@ FORGED_PARENT = f"00-{FORGED_TRACE}-b7ad6b7169203331-01"
 SERVER, CLIENT = 2, 3  # OTLP span kinds
 REVISION = "0123abc"  # GIT_REVISION of the module's stack
 # The names semantic conventions had before HTTP and database were stable: off by default.
-OLD_HTTP = ("http.method", "http.status_code", "http.target", "http.scheme", "http.flavor",
-            "http.host", "http.server_name", "http.user_agent", "net.host.name",
-            "net.peer.ip")  # fmt: skip
-OLD_DB = ("db.system", "db.statement", "db.redis.database_index", "net.peer.name",
-          "net.peer.port", "net.transport")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = start_receiver()
-    yield r
-    r.close()
+OLD_HTTP = {
+    *("http.method", "http.status_code", "http.target", "http.scheme", "http.flavor"),
+    *("http.host", "http.server_name", "http.user_agent", "net.host.name", "net.peer.ip"),
+}
+OLD_DB = {
+    *("db.system", "db.statement", "db.redis.database_index"),
+    *("net.peer.name", "net.peer.port", "net.transport"),
+}
 
 
 def traced_stack(tmp: Path, receiver: Receiver, **env: str) -> Stack:
@@ -71,22 +68,12 @@ def app_log(stack: Stack) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def edge_line(stack: Stack, request_id: str) -> dict:
-    """nginx's access line for the request (written in blocks: waited for)."""
-
-    def found() -> dict | None:
-        return next((x for x in stack.edge_lines() if x["request_id"] == request_id), None)
-
-    stack.executors["nginx"].wait_for(lambda: found() is not None)
-    return found()
-
-
 def spans_of(stack: Stack, receiver: Receiver, request_id: str) -> tuple[Span, list[Span]]:
     """The server span tagged with request_id and the spans of its trace, once exported."""
 
     def server_span() -> Span | None:
-        return next((s for s in receiver.spans if s.attributes.get("request_id") == request_id
-                     and s.kind == SERVER), None)  # fmt: skip
+        tagged = (s for s in receiver.spans if s.attributes.get("request_id") == request_id)
+        return next((s for s in tagged if s.kind == SERVER), None)
 
     stack.executors["app"].wait_for(lambda: server_span() is not None)
     root = server_span()
@@ -110,14 +97,13 @@ def test_a_request_gives_a_server_span_with_a_redis_child_matching_the_logs(stac
     access = [line for line in app_log(stack) if line.get("request_id") == request_id]
     assert len(access) == 1
     (line,) = access
-    assert (line["logger"], line["method"], line["route"], line["status"]) == (
-        "service.access", "POST", "/messages", 201
-    )  # fmt: skip
+    fields = (line["logger"], line["method"], line["route"], line["status"])
+    assert fields == ("service.access", "POST", "/messages", 201)
     assert line["trace_id"] == root.trace_id
     assert line["span_id"] == root.span_id
     assert line["duration_ms"] > 0
     # The edge's line names the trace too (the app's traceresponse header), which stops there.
-    assert edge_line(stack, request_id)["trace_id"] == root.trace_id
+    assert edge_access_lines(stack, [request_id], 60)[0]["trace_id"] == root.trace_id
     assert "traceresponse" not in r.headers
 
 
@@ -152,22 +138,23 @@ def test_the_resource_names_the_revision_and_the_environment(stack, receiver):
 
 def test_the_operators_otel_settings_win_over_the_defaults(tmp_path, receiver):
     stack = traced_stack(
-        tmp_path, receiver, GIT_REVISION=REVISION, DEPLOYMENT_ENVIRONMENT="staging",
+        tmp_path,
+        receiver,
+        GIT_REVISION=REVISION,
+        DEPLOYMENT_ENVIRONMENT="staging",
         OTEL_RESOURCE_ATTRIBUTES="service.version=7.1.0,deployment.environment.name=production",
         # Old and new HTTP names; database not named: the old database names only.
         OTEL_SEMCONV_STABILITY_OPT_IN="http/dup",
-    )  # fmt: skip
+    )
     try:
         r = stack.request("POST", "/messages", json={"message": "operator's names"})
         root, trace_spans = spans_of(stack, receiver, r.headers["X-Request-ID"])
         assert root.resource["service.version"] == "7.1.0"
         assert root.resource["deployment.environment.name"] == "production"
         assert root.resource["service.name"] == "messages"
-        assert (root.attributes["http.method"], root.attributes["http.request.method"]) == (
-            "POST", "POST"
-        )  # fmt: skip
-        assert (root.attributes["http.status_code"],
-                root.attributes["http.response.status_code"]) == (201, 201)  # fmt: skip
+        attrs = root.attributes
+        assert (attrs["http.method"], attrs["http.request.method"]) == ("POST", "POST")
+        assert (attrs["http.status_code"], attrs["http.response.status_code"]) == (201, 201)
         (redis_span,) = [s for s in trace_spans if s.kind == CLIENT]
         assert redis_span.attributes["db.system"] == "redis"
         assert redis_span.attributes["db.statement"] == "SET ? ? ?"
@@ -186,9 +173,13 @@ def test_a_forged_traceparent_from_the_internet_is_dropped(stack, receiver):
 
 def test_trace_context_from_the_trusted_network_is_kept(tmp_path, receiver):
     # Ratio 0: only the caller's sampled flag can start a trace.
-    stack = traced_stack(tmp_path, receiver, TRACE_CONTEXT_TRUSTED="127.0.0.0/8",
-                         OTEL_TRACES_SAMPLER="parentbased_traceidratio",
-                         OTEL_TRACES_SAMPLER_ARG="0")  # fmt: skip
+    stack = traced_stack(
+        tmp_path,
+        receiver,
+        TRACE_CONTEXT_TRUSTED="127.0.0.0/8",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
     try:
         unsampled = FORGED_PARENT[:-2] + "00"
         skipped = stack.request("GET", f"/messages/{'e' * 64}", headers={"traceparent": unsampled})
@@ -208,8 +199,9 @@ def test_by_default_a_budget_of_traces_a_second_is_traced_and_logs_say_which(tmp
     own = start_receiver()  # this stack's spans only
     # The service's default sampler (per worker: 1 trace a second, then 1% of the rest), on
     # one worker, so the stack's budget is that worker's.
-    stack = traced_stack(tmp_path, own, OTEL_TRACES_SAMPLER="", OTEL_TRACES_SAMPLER_ARG="",
-                         WEB_CONCURRENCY="1")  # fmt: skip
+    stack = traced_stack(
+        tmp_path, own, OTEL_TRACES_SAMPLER="", OTEL_TRACES_SAMPLER_ARG="", WEB_CONCURRENCY="1"
+    )
 
     def get(i: int) -> str:
         return stack.request("GET", f"/messages/{i:064x}").headers["X-Request-ID"]
@@ -222,8 +214,9 @@ def test_by_default_a_budget_of_traces_a_second_is_traced_and_logs_say_which(tmp
         seconds = time.monotonic() - started
         time.sleep(1.1)  # a quiet second fills the bucket again: traced
         last = get(301)
-        lines = {x["request_id"]: x for x in app_log(stack)
-                 if x.get("request_id") in ids | {first, last}}  # fmt: skip
+        lines = {
+            x["request_id"]: x for x in app_log(stack) if x.get("request_id") in ids | {first, last}
+        }
         assert len(lines) == 302
         assert "trace_id" in lines[first]
         assert "trace_id" in lines[last]
@@ -293,20 +286,22 @@ def test_errors_are_logged_as_json_with_the_exception(stack):
 
 def test_every_app_log_line_is_json_gunicorn_included(stack):
     lines = app_log(stack)
-    assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"]
-               for line in lines)  # fmt: skip
+    assert any(
+        line["logger"] == "gunicorn.error" and "Booting worker" in line["message"] for line in lines
+    )
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
 
 
 def test_tracing_off_without_an_endpoint(tmp_path, receiver):
-    stack = make_stack(tmp_path, OTEL_SDK_DISABLED="true",
-                       OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)  # fmt: skip
+    stack = make_stack(
+        tmp_path, OTEL_SDK_DISABLED="true", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint
+    )
     stack.start()
     try:
         r = stack.request("POST", "/messages", json={"message": "untraced"})
         assert r.status_code == 201
         request_id = r.headers["X-Request-ID"]
-        assert edge_line(stack, request_id)["trace_id"] == ""
+        assert edge_access_lines(stack, [request_id], 60)[0]["trace_id"] == ""
         # By default the app writes no line per request: the edge's is the access line.
         assert not [x for x in app_log(stack) if x.get("request_id") == request_id]
     finally:
