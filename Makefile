@@ -6,11 +6,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run status stop restart logs test lint deps system-packages cert lock clean load bench bench-signals bench-supervision profile
+.PHONY: help run status stop restart logs test test-fast lint deps system-packages cert lock clean load bench bench-signals bench-supervision profile
 
 EDGE_PORT      ?= 5000
 LOAD_DURATION  ?= 10m
 LOAD_PAUSE_MS  ?= 100
+
+help: ## This list: every target with what it does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 run: deps ## The whole stack, supervised, in the foreground; HTTPS on :5000; Ctrl-C stops it
 	$(PY) -m native.run
@@ -30,6 +33,9 @@ logs: ## Follow every component's log, interleaved (.state/logs/<component>/curr
 test: deps lint ## Lints, then every test (unit and end-to-end on the real native stack)
 	$(PY) -m pytest
 
+test-fast: deps ## The tests that start no stack (about 20 s): pytest -m "not stack"
+	$(PY) -m pytest -m "not stack"
+
 load: deps ## Realistic traffic against a running `make run` (reads, writes, 404s, bad requests)
 	wrk --threads 1 --connections 4 --duration $(LOAD_DURATION) --script loadgen/traffic.lua \
 	  https://localhost:$(EDGE_PORT) -- $(LOAD_PAUSE_MS)
@@ -46,9 +52,10 @@ bench-supervision: deps ## What make run's supervisor and log writers cost per r
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
-lint: deps ## ruff, hadolint on the Dockerfiles, shellcheck, the compose files against the compose schema
+lint: deps ## ruff, mypy (strict: service/, native/), hadolint, shellcheck, the compose schema
 	ruff check .
 	ruff format --check .
+	mypy
 	hadolint Dockerfile monitoring/Dockerfile
 	shellcheck redis/*.sh monitoring/edge-log/trim.sh scripts/* .ci/run
 	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
