@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts redis-server on the shared redis.conf, its password read from a secret file and put
 # in a config file of its own, never on a command line. docker compose runs it in every Redis
-# container (the native stack writes the same lines itself: native/stack.py).
+# container (the native stack writes the same lines itself: native/redis_files.py).
 #   REDIS_PASSWORD_FILE  the password (default /run/secrets/redis_password)
 #   REDIS_CONF           the shared config (default /usr/local/etc/redis/redis.conf)
 #   REDIS_CLUSTER=yes    a Redis Cluster node, announcing its host name
