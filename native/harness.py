@@ -20,7 +20,7 @@ import requests
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
 from native.configs import CERTIFICATE
-from native.edge_cache import remove_edge_cache
+from native.edge_cache import own_edge_cache_dir, remove_edge_cache
 from native.processes import Process, processes
 from native.redis_files import redis_instance_config
 from native.settings import DEFAULT_PORTS, StackConfig
@@ -143,6 +143,7 @@ class Stack:
 
     def start(self) -> None:
         """Start every process (redis, app, nginx), each waited for until ready."""
+        own_edge_cache_dir(self.cfg)  # made here, as removed by stop()
         for ex in self.executors.values():
             ex.start()
 

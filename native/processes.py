@@ -20,7 +20,6 @@ from native.configs import (
     render_nginx,
     render_prometheus,
 )
-from native.edge_cache import own_edge_cache_dir
 from native.redis_files import (
     redis_auth_config,
     redis_data_dir,
@@ -55,7 +54,6 @@ def service_processes(cfg: StackConfig) -> list[Process]:
     """Redis, the app instances and nginx: what serves the API."""
     redis_auth_conf = redis_auth_config(cfg)
     (cfg.state_dir / "run").mkdir(parents=True, exist_ok=True)  # the app's Unix sockets
-    own_edge_cache_dir(cfg)
     nginx_conf = render_nginx(cfg)
     return [
         *redis_processes(cfg, redis_auth_conf),

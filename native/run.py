@@ -27,7 +27,7 @@ from typing import IO
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from native import supervise
-from native.edge_cache import remove_edge_cache
+from native.edge_cache import own_edge_cache_dir, remove_edge_cache
 from native.finish import say
 from native.processes import Process, processes
 from native.redis_files import redis_data_dir
@@ -151,6 +151,7 @@ def start(cfg: StackConfig) -> int:
         with exclusive(cfg):
             procs = processes(cfg)
             check_free(cfg, procs)
+            own_edge_cache_dir(cfg)  # made here, as removed at the end of serve()
             return serve(cfg, procs)
     except AlreadyRunning as exc:
         print(f"make run: {exc}", file=sys.stderr)
@@ -232,6 +233,7 @@ def stop_from_elsewhere(cfg: StackConfig) -> int:
     if supervise.supervisor_running(scan):
         print(f"The stack did not stop within {STOP_TIMEOUT} s.", file=sys.stderr)
         return 1
+    remove_edge_cache(cfg)  # its make run was killed before it could
     print("Stopped.")
     return 0
 

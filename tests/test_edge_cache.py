@@ -21,6 +21,7 @@ import requests
 from native.configs import edge_metrics_log
 from native.edge_cache import SHARED_MEMORY, edge_cache_dir, own_edge_cache_dir
 from native.harness import Stack, make_stack
+from native.processes import processes
 from native.settings import StackConfig
 from tests.helpers import edge_access_lines, edge_session, eventually, mtail_one_shot, sha256
 from tests.metrics_text import value
@@ -384,6 +385,11 @@ def test_only_a_200_the_app_calls_cacheable_is_stored(stack_factory):
 def test_the_cache_lives_in_shared_memory_ours_alone_and_goes_when_the_stack_stops(
     stack_factory, tmp_path
 ):
+    # Building the process list (as tests that start a single process do) makes no folder:
+    # only starting the stack does, paired with its removal at stop.
+    listed = StackConfig.from_env({"STATE_DIR": str(tmp_path / "listed")})
+    processes(listed)
+    assert not edge_cache_dir(listed).exists()
     own = stack_factory()
     folder = edge_cache_dir(own.cfg)
     assert folder.parent == SHARED_MEMORY  # tmpfs: a new entry costs nginx far less
