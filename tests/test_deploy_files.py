@@ -27,6 +27,7 @@ from native.configs import (
     render_nginx,
     render_prometheus,
 )
+from native.edge_cache import remove_edge_cache
 from native.processes import REDIS_EXPORTER_TIMEOUT
 from native.settings import EDGE_CACHE_MAX_SIZE, ROOT, StackConfig
 from service.config import Settings
@@ -138,10 +139,14 @@ def test_dockerfile_runs_gunicorn_as_a_non_root_user():
 
 
 def test_native_nginx_config_is_complete_and_valid(tmp_path):
-    conf = render_nginx(StackConfig.from_env({"STATE_DIR": str(tmp_path)}))
+    cfg = StackConfig.from_env({"STATE_DIR": str(tmp_path)})
+    conf = render_nginx(cfg)
     text = conf.read_text()
     assert "${" not in text
-    check = nginx_check(conf, conf.parent)
+    try:
+        check = nginx_check(conf, conf.parent)
+    finally:
+        remove_edge_cache(cfg)  # nginx -t makes the cache's folder, in /dev/shm
     assert check.returncode == 0, check.stderr
 
 
