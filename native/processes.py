@@ -174,11 +174,31 @@ def monitoring_processes(cfg: StackConfig) -> list[Process]:
     ]
 
 
+def metrics_server(
+    cfg: StackConfig,
+    part: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    stop_exit_code: int = 0,
+) -> Process:
+    """A process serving /metrics on its part's port (mtail and the exporters), named after the
+    part: nginx_exporter runs as nginx-exporter."""
+    return Process(
+        name=part.replace("_", "-"),
+        argv=argv,
+        env={**cfg.child_env, **(env or {})},
+        port=cfg.ports[part],
+        ready_path="/metrics",
+        stop_exit_code=stop_exit_code,
+    )
+
+
 def mtail(cfg: StackConfig) -> Process:
     """The edge's metrics, from nginx's compact access log."""
-    return Process(
-        name="mtail",
-        argv=[
+    return metrics_server(
+        cfg,
+        "mtail",
+        [
             "mtail",
             *("--progs", str(MONITORING / "mtail")),
             *("--logs", str(edge_metrics_log(cfg))),
@@ -186,9 +206,6 @@ def mtail(cfg: StackConfig) -> Process:
             "--emit_prog_label=false",
             "--logtostderr",
         ],
-        env=dict(cfg.child_env),
-        port=cfg.ports["mtail"],
-        ready_path="/metrics",
     )
 
 
@@ -209,27 +226,26 @@ def edge_log_trim(cfg: StackConfig) -> Process:
 
 def nginx_exporter(cfg: StackConfig) -> Process:
     """nginx's connection metrics, from its stub_status."""
-    return Process(
-        name="nginx-exporter",
-        argv=[
+    return metrics_server(
+        cfg,
+        "nginx_exporter",
+        [
             "prometheus-nginx-exporter",
             *("-nginx.scrape-uri", f"http://{cfg.address('edge_status')}/stub_status"),
             # It exits if nginx does not answer at start; nginx may start after it.
             *("-nginx.retries", "30", "-nginx.retry-interval", "1s"),
             *("-web.listen-address", cfg.address("nginx_exporter")),
         ],
-        env=dict(cfg.child_env),
-        port=cfg.ports["nginx_exporter"],
-        ready_path="/metrics",
         stop_exit_code=1,  # 0.11 logs a clean shutdown, then exits 1 all the same
     )
 
 
 def redis_exporter(cfg: StackConfig) -> Process:
     """Redis's metrics, from the first instance or, through /scrape, any of them."""
-    return Process(
-        name="redis-exporter",
-        argv=[
+    return metrics_server(
+        cfg,
+        "redis_exporter",
+        [
             "prometheus-redis-exporter",
             *("-redis.addr", f"redis://{cfg.address('redis')}"),
             # A frozen Redis must read as redis_up 0 (RedisDown), not as a scrape that times
@@ -238,55 +254,47 @@ def redis_exporter(cfg: StackConfig) -> Process:
             *("-web.listen-address", cfg.address("redis_exporter")),
         ],
         # Read from its environment: a command line is visible to every user.
-        env={**cfg.child_env, "REDIS_PASSWORD": redis_password(cfg)},
-        port=cfg.ports["redis_exporter"],
-        ready_path="/metrics",
+        env={"REDIS_PASSWORD": redis_password(cfg)},
     )
 
 
 def blackbox_exporter(cfg: StackConfig) -> Process:
     """Probes of the edge's /healthz and each app instance's /readyz."""
-    return Process(
-        name="blackbox-exporter",
-        argv=[
+    return metrics_server(
+        cfg,
+        "blackbox_exporter",
+        [
             "prometheus-blackbox-exporter",
             f"--config.file={render_blackbox(cfg)}",
             f"--web.listen-address={cfg.address('blackbox_exporter')}",
         ],
-        env=dict(cfg.child_env),
-        port=cfg.ports["blackbox_exporter"],
-        ready_path="/metrics",
     )
 
 
 def node_exporter(cfg: StackConfig) -> Process:
     """The host's metrics, and make run's restart counts (textfile_dir)."""
-    return Process(
-        name="node-exporter",
-        argv=[
+    return metrics_server(
+        cfg,
+        "node_exporter",
+        [
             "prometheus-node-exporter",
             "--no-collector.systemd",
             f"--collector.textfile.directory={textfile_dir(cfg)}",
             f"--web.listen-address={cfg.address('node_exporter')}",
         ],
-        env=dict(cfg.child_env),
-        port=cfg.ports["node_exporter"],
-        ready_path="/metrics",
     )
 
 
 def process_exporter(cfg: StackConfig) -> Process:
     """CPU and memory per component."""
-    return Process(
-        name="process-exporter",
-        argv=[
+    return metrics_server(
+        cfg,
+        "process_exporter",
+        [
             "prometheus-process-exporter",
             *("-config.path", str(MONITORING / "process-exporter" / "process-exporter.yml")),
             *("-web.listen-address", cfg.address("process_exporter")),
         ],
-        env=dict(cfg.child_env),
-        port=cfg.ports["process_exporter"],
-        ready_path="/metrics",
     )
 
 

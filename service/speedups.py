@@ -101,9 +101,7 @@ def cache_pid_for_multiprocess_values() -> None:
         return
     pid = [os.getpid()]
     os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))
-    # prometheus_client leaves MultiProcessValue unannotated.
-    make_value_class = cast(Callable[..., type], values.MultiProcessValue)
-    values.ValueClass = make_value_class(process_identifier=lambda: pid[0])
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
 
 
 def lighten_records() -> None:
@@ -168,9 +166,7 @@ class RedisClientPerTracing:
 
     def master_of(self, cluster: RedisCluster, key: str) -> redis.Redis:
         """The client of the node that is master for the key, traced if `cluster` is."""
-        # redis-py 8.1 leaves get_node_from_key unannotated.
-        node_of_key = cast(Callable[[str], Any], cluster.get_node_from_key)
-        node = cluster.get_redis_connection(node_of_key(key))
+        node = cluster.get_redis_connection(cluster.get_node_from_key(key))
         if self._trace_client is not None and cluster is self._clients.get(True):
             with self._lock:
                 if node not in self._traced_nodes:

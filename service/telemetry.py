@@ -30,7 +30,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response
 from opentelemetry import propagate, trace
@@ -217,9 +217,7 @@ def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
     if not isinstance(provider, TracerProvider):
         return
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
-    # opentelemetry-instrumentation-flask leaves instrument_app unannotated.
-    instrument = cast(Callable[..., None], FlaskInstrumentor.instrument_app)
-    instrument(app, tracer_provider=provider, excluded_urls=excluded)
+    FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
     sampled = _sampling_decision(sampler_from_env(env), excluded)
     speedups.trace_sampled_requests_only(app, sampled, _traced)
     app.after_request(_add_traceresponse)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -105,6 +107,19 @@ def mtail_one_shot(log: Path) -> str:
     port = ["--address", "127.0.0.1", "--port", "0"]  # it opens its HTTP port even here
     argv = ["mtail", *progs, *once, *port]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def run_in_multiprocess_mode(program: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """A Python program in a fresh interpreter, with prometheus_client in multiprocess mode
+    (metric files in folder): the mode is chosen at its first import, so not in this one."""
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def nginx_check(conf: Path, prefix: Path) -> subprocess.CompletedProcess:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from native.harness import free_port
-from native.settings import ROOT
 from service import __version__
 from service.app import create_app
+from tests.helpers import run_in_multiprocess_mode
 from tests.metrics_text import samples, value
 
 DIGEST_ROUTE = "/messages/<digest>"
@@ -158,15 +154,8 @@ print(os.getpid(), child)
 
 
 def test_with_the_pid_cached_each_forked_process_still_counts_in_its_own_file(tmp_path):
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    run = subprocess.run(
-        [sys.executable, "-c", MULTIPROCESS_PROGRAM],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    run = run_in_multiprocess_mode(MULTIPROCESS_PROGRAM, tmp_path)
+    assert run.returncode == 0, run.stderr
     parent, child = run.stdout.split()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{parent}.db", f"counter_{child}.db"]

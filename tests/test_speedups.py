@@ -8,12 +8,9 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 
 import flask
 import redis
@@ -31,8 +28,7 @@ from werkzeug.local import LocalProxy
 
 from service import speedups
 from service.jsonio import OrjsonProvider
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import run_in_multiprocess_mode
 
 
 def holds(assumption: bool, library: str, broken: str) -> None:
@@ -201,14 +197,7 @@ print("ok")
 
 
 def test_prometheus_client_multiprocess_values_are_made_as_the_pid_cache_assumes(tmp_path):
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    run = subprocess.run(
-        [sys.executable, "-c", MULTIPROCESS_ASSUMPTIONS],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    run = run_in_multiprocess_mode(MULTIPROCESS_ASSUMPTIONS, tmp_path)
     broken = run.stderr.strip().splitlines()[-1:] or ["?"]
     holds(
         run.returncode == 0 and run.stdout.strip() == "ok",
