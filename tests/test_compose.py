@@ -180,7 +180,82 @@ def test_node_exporter_mounts_work_on_docker_desktop(tmp_path):
 
 def test_jaeger_keeps_a_bounded_number_of_traces(tmp_path):
     jaeger = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["jaeger"]
-    assert int(jaeger["environment"]["MEMORY_MAX_TRACES"]) > 0
+    assert int(jaeger["environment"]["JAEGER_MAX_TRACES"]) > 0
+    config = yaml.safe_load((ROOT / "monitoring" / "jaeger" / "config.yaml").read_text())
+    (backend,) = config["extensions"]["jaeger_storage"]["backends"].values()
+    assert backend["memory"]["max_traces"] == "${env:JAEGER_MAX_TRACES}"
+
+
+def test_config_never_prints_the_passwords(tmp_path):
+    out = run(["config"], FILE_SETS["cluster"], ("load",), env_file(tmp_path, **PASSWORDS))
+    assert out.returncode == 0, out.stderr
+    for value in PASSWORDS.values():
+        assert value not in out.stdout
+
+
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
+def test_an_empty_password_stops_compose_with_its_name(tmp_path, missing):
+    values = {**PASSWORDS, missing: ""}
+    out = run(["config", "--quiet"], env=env_file(tmp_path, **values))
+    assert out.returncode != 0
+    assert f"set {missing} in .env (see .env.example)" in out.stderr, out.stderr
+
+
+def test_single_quoted_passwords_reach_compose_unchanged(tmp_path):
+    """A `$` or ` #` in a single-quoted value stays as written (.env.example says to quote)."""
+    value = "a$HOME b #c"
+    env = env_file(tmp_path, REDIS_PASSWORD=f"'{value}'", GRAFANA_ADMIN_PASSWORD="'x'")
+    model = resolved(env=env)
+    check = model["services"].get("settings-check") or {}
+    assert not check, "the settings check is never part of the model"
+    out = run(["config", "--environment"], env=env)
+    assert f"REDIS_PASSWORD={value}" in out.stdout.splitlines(), out.stdout
+    assert "single quotes" in (ROOT / ".env.example").read_text()
+
+
+def test_every_published_port_is_configurable(tmp_path):
+    model = resolved(FILE_SETS["cluster"], ("load",), env_file(tmp_path, **PASSWORDS))
+    published = [p for s in model["services"].values() for p in s.get("ports", [])]
+    assert published
+    text = BASE.read_text()
+    for port in published:
+        assert re.search(
+            r"\$\{\w+_PORT:-" + str(port["published"]) + r"\}:" + str(port["target"]), text
+        )
+
+
+def test_the_app_has_no_cpu_cap_unless_one_is_set(tmp_path):
+    """A fixed cap above the host's CPUs is refused by the engine (on a 1-CPU host, "2")."""
+    app = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["app"]
+    assert "cpus" not in app["deploy"]["resources"]["limits"]
+    app = resolved(env=env_file(tmp_path, **PASSWORDS, APP_CPUS="1.5"))["services"]["app"]
+    assert float(app["deploy"]["resources"]["limits"]["cpus"]) == 1.5
+
+
+def test_prometheus_and_alertmanager_serve_at_the_root_whatever_their_external_url(tmp_path):
+    with_paths = {
+        "PROMETHEUS_EXTERNAL_URL": "https://ops.example.com/prometheus",
+        "ALERTMANAGER_EXTERNAL_URL": "https://ops.example.com/alertmanager",
+    }
+    services = resolved(env=env_file(tmp_path, **PASSWORDS, **with_paths))["services"]
+    assert "--web.route-prefix=/" in services["prometheus"]["command"]
+    assert "--web.route-prefix=/" in services["alertmanager"]["command"][0]
+    for name in ("prometheus", "alertmanager", "grafana"):
+        assert services[name]["healthcheck"]["start_period"], name
+
+
+def test_the_nginx_exporter_waits_for_nginx(tmp_path):
+    services = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]
+    assert services["nginx-exporter"]["depends_on"]["nginx"]["condition"] == "service_healthy"
+
+
+def test_the_cluster_keeps_node_1_apart_from_the_single_redis_data(tmp_path):
+    services = resolved(FILE_SETS["cluster"], env=env_file(tmp_path, **PASSWORDS))["services"]
+    mounts = {v["target"]: v["source"] for v in services["redis"]["volumes"]}
+    assert mounts["/data"] == "redis-1-data"
+    join = services["redis-cluster"]
+    assert join["restart"] == "unless-stopped" and join["environment"]["CLUSTER_JOIN_WATCH"]
+    assert services["app"]["depends_on"]["redis-cluster"]["condition"] == "service_healthy"
 
 
 def global_options(words: list[str]) -> tuple[tuple[Path, ...], tuple[str, ...]]:

@@ -63,10 +63,11 @@ def test_the_stack_has_the_expected_services():
         "alertmanager",
         "grafana",
         "loadgen",
+        "settings-check",  # never started: stops every compose command while a password is missing
     }
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(set(SERVICES) - {"settings-check"}))
 def test_every_service_has_a_healthcheck(name):
     service = SERVICES[name]
     from_image = "build" in service and "HEALTHCHECK" in DOCKERFILE
@@ -74,7 +75,7 @@ def test_every_service_has_a_healthcheck(name):
 
 
 def test_only_nginx_publishes_a_port_to_the_network():
-    assert SERVICES["nginx"]["ports"] == ["5000:5000"]
+    assert SERVICES["nginx"]["ports"] == ["${EDGE_PORT:-5000}:5000"]
     for name, service in SERVICES.items():
         if name != "nginx":
             assert all(p.startswith("127.0.0.1:") for p in service.get("ports", [])), name
@@ -124,7 +125,8 @@ def test_compose_defaults_match_the_code():
 
 
 def test_images_are_pinned():
-    images = [s["image"] for s in SERVICES.values() if "build" not in s]
+    built = {"message-service:local", "message-service-debian:local"}  # built from this repo
+    images = [s["image"] for s in SERVICES.values() if s["image"] not in built]
     for dockerfile in (DOCKERFILE, MONITORING_DOCKERFILE):
         images += re.findall(r"^FROM (\S+)", dockerfile, re.M)
     for image in images:
@@ -296,12 +298,13 @@ def test_the_cluster_override_runs_six_nodes_of_the_same_redis_and_config():
         assert merged["image"] == base["image"]
         assert merged["command"] == base["command"]  # redis/start.sh
         assert "./redis/redis.conf:/usr/local/etc/redis/redis.conf:ro" in merged["volumes"]
-        assert f"{name}-data:/data" in merged["volumes"]
+        # node 1 apart from the single Redis's redis-data
+        assert f"{'redis-1' if name == 'redis' else name}-data:/data" in merged["volumes"]
         assert merged["environment"]["REDIS_CLUSTER"] == "yes"
         assert merged.get("ports") is None  # never published, as the single Redis
     join = CLUSTER["services"]["redis-cluster"]["command"]
     assert join[2:] == [f"{n}:6379" for n in nodes]  # every node joins
-    assert set(CLUSTER["volumes"]) == {f"{n}-data" for n in nodes if n != "redis"}
+    assert set(CLUSTER["volumes"]) == {f"redis-{k}-data" for k in range(1, 7)}
 
 
 def test_the_cluster_override_points_the_app_at_the_cluster():
@@ -311,3 +314,41 @@ def test_the_cluster_override_points_the_app_at_the_cluster():
     merged_services = set(SERVICES) | set(CLUSTER["services"])
     for service in CLUSTER["services"].values():
         assert set(service.get("depends_on", {})) <= merged_services
+
+
+def test_a_new_revision_rebuilds_only_the_last_layer():
+    """GIT_REVISION changes with every commit: declared after the dependencies, it does not
+    invalidate their layer."""
+    lines = DOCKERFILE.splitlines()
+    arg = lines.index("ARG GIT_REVISION=unknown")
+    installs = [i for i, line in enumerate(lines) if "pip install" in line]
+    assert installs and arg > max(installs)
+
+
+def test_scripts_and_configs_check_out_with_lf_on_every_platform():
+    """On Windows, git would otherwise give the shell scripts CRLF (`set -eu\\r` fails)."""
+    files = ["redis/start.sh", "redis/cluster-join.sh", "nginx/nginx.conf.template", "Dockerfile"]
+    out = subprocess.run(
+        ["git", "check-attr", "eol", "--", *files], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert out.splitlines() == [f"{f}: eol: lf" for f in files]
+
+
+def test_every_image_is_a_supported_release():
+    """No end-of-life bases: no Alpine (the old Redis image's was end of life), Jaeger v2
+    (v1's all-in-one is no longer released), Grafana 12 or later (10.x and 11.x are end of
+    life), cAdvisor 0.54 or later (reads Docker's containerd image store), Debian 12 at a
+    point release no older than 12.15 (July 2026)."""
+    images = {s.get("image", "") for s in SERVICES.values()}
+
+    def version(prefix: str) -> tuple[int, ...]:
+        (image,) = [i for i in images if i.startswith(prefix)]
+        return tuple(int(n) for n in image.split(":")[1].lstrip("v").split("."))
+
+    assert not any("alpine" in i for i in images)
+    assert version("jaegertracing/jaeger:") >= (2,)
+    assert version("grafana/grafana:") >= (12,)
+    assert version("ghcr.io/google/cadvisor:") >= (0, 54)
+    for dockerfile in (DOCKERFILE, MONITORING_DOCKERFILE):
+        (point,) = re.findall(r"^FROM debian:12\.(\d+)-slim$", dockerfile, re.M)
+        assert int(point) >= 15

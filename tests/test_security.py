@@ -98,9 +98,18 @@ def test_only_cadvisor_is_privileged():
     assert "ports" not in COMPOSE["cadvisor"]
 
 
-def test_stateful_and_app_containers_are_read_only_and_limited():
-    for name in ("app", "redis"):
-        assert COMPOSE[name]["read_only"] is True, name
+def test_no_read_only_container_takes_a_secret_from_the_environment():
+    """Compose writes such a secret's file into the container: it refuses a read-only one
+    ("'file' is the sole supported option"), and nothing starts."""
+    from_env = {n for n, s in COMPOSE_FILE["secrets"].items() if "environment" in s}
+    for name, service in COMPOSE.items():
+        takes = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        if takes & from_env:
+            assert not service.get("read_only"), name
+    assert COMPOSE["nginx"]["read_only"] is True
+
+
+def test_stateful_and_app_containers_are_limited():
     for name in ("app", "redis", "nginx"):
         assert COMPOSE[name]["deploy"]["resources"]["limits"]["memory"], name
     assert COMPOSE["redis"]["user"] != "0"
@@ -114,6 +123,10 @@ def test_secrets_come_from_the_environment_not_the_repo():
         "redis_password": {"environment": "REDIS_PASSWORD"},
         "grafana_admin_password": {"environment": "GRAFANA_ADMIN_PASSWORD"},
     }
+    check = COMPOSE_FILE["services"]["settings-check"]
+    assert check["profiles"] == ["never-started"]
     for variable in ("REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
-        assert re.search(r"\$\{" + variable + r":\?[^}]+\}", COMPOSE_FILE["x-required"])
+        assert re.search(
+            r"\$\{" + variable + r":\?[^}]+\}", check["environment"][f"{variable}_SET"]
+        )
     assert "ports" not in COMPOSE["redis"]
