@@ -57,7 +57,7 @@ lint: deps ## ruff, mypy (strict: service/, native/), hadolint, shellcheck, the 
 	ruff format --check .
 	mypy
 	hadolint Dockerfile monitoring/Dockerfile
-	shellcheck redis/*.sh monitoring/edge-log/trim.sh scripts/* .ci/run
+	shellcheck redis/*.sh nginx/*.sh monitoring/edge-log/trim.sh scripts/* .ci/run
 	check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
 
 deps: system-packages $(VENV)/.installed

@@ -21,8 +21,6 @@ NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 NGINX_TEMPLATE_VARS = (
     "EDGE_LISTEN",
     "APP_UPSTREAM_SERVERS",
-    "APP_BACKEND",
-    "APP_RESOLVER",
     "TLS_CERT",
     "TLS_KEY",
     "NGINX_RUN_DIR",
@@ -94,8 +92,6 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     return {
         "EDGE_LISTEN": cfg.address("edge"),
         "APP_UPSTREAM_SERVERS": upstream_servers(app_upstreams(cfg)),
-        "APP_BACKEND": "app",  # the upstream group: fixed addresses, no resolver
-        "APP_RESOLVER": "",
         "TLS_CERT": str(CERTIFICATE),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),

@@ -33,10 +33,14 @@ def env_file(folder: Path, **values: str) -> Path:
 
 
 def run(
-    args: list[str], files=(BASE,), profiles=(), env: Path | None = None
+    args: list[str],
+    files=(BASE,),
+    profiles=(),
+    env: Path | None = None,
+    pwd: Path = ROOT,
 ) -> subprocess.CompletedProcess:
-    """docker compose [-f ...] [--profile ...] [--env-file ...] ARGS, with nothing else from
-    this machine's environment (only PATH), exactly as the CLI resolves it."""
+    """docker compose [-f ...] [--profile ...] [--env-file ...] ARGS, run in PWD, with nothing
+    else from this machine's environment (only PATH), exactly as the CLI resolves it."""
     cmd = [str(COMPOSE_CLI), "--project-directory", str(ROOT)]
     for f in files:
         cmd += ["-f", str(f)]
@@ -44,9 +48,15 @@ def run(
         cmd += ["--profile", p]
     if env is not None:
         cmd += ["--env-file", str(env)]
-    only_path = {"PATH": "/usr/bin:/bin", "PWD": str(ROOT)}
+    only_path = {"PATH": "/usr/bin:/bin", "PWD": str(pwd)}
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=60, env=only_path, check=False
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=only_path,
+        cwd=pwd,
+        check=False,
     )
 
 

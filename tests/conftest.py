@@ -18,6 +18,7 @@ from mirakuru import TCPExecutor
 from native.harness import CORE, Stack, free_port, make_stack, redis_executor
 from native.otlp_receiver import Receiver, start_receiver
 from service.app import create_app
+from tests.docker_engine import Engine
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +109,16 @@ def silent_server() -> Iterator[int]:
     for conn in accepted:
         conn.close()
     listener.close()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """A real Docker Engine (Debian's dockerd) of the tests' own, with the Debian base
+    images the Dockerfiles name; stopped, with nothing left running, after the session."""
+    e = Engine()
+    e.start()
+    try:
+        e.ensure_base_images()
+        yield e
+    finally:
+        e.stop()

@@ -16,14 +16,14 @@ import psutil
 import pytest
 import requests
 import yaml
-from mirakuru import HTTPExecutor
+from mirakuru import HTTPExecutor, TCPExecutor
 
 from native.configs import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS
 from native.harness import free_port
 from native.settings import ROOT
 from service.config import default_workers
 from tests.compose_cli import BASE, CLUSTER, FILE_SETS, PASSWORDS, PROFILES, env_file, resolved, run
-from tests.helpers import eventually, nginx_check
+from tests.helpers import edge_session, eventually
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -53,8 +53,7 @@ def test_env_example_documents_every_variable_compose_reads():
         # ${NAME...} that compose fills in; $${NAME} is left for the container's shell.
         read |= set(re.findall(r"(?<!\$)\$\{(\w+)", path.read_text()))
     documented = set(re.findall(r"^(\w+)=", (ROOT / ".env.example").read_text(), re.M))
-    from_the_shell = {"PWD"}  # the folder compose runs in, set by every shell
-    assert read - from_the_shell <= documented, read - from_the_shell - documented
+    assert read <= documented, read - documented
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
@@ -108,42 +107,62 @@ def test_the_app_boots_with_the_environment_compose_gives_it(tmp_path):
             assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
 
 
-def test_nginx_as_its_container_renders_it_passes_nginx_t(tmp_path):
-    """The nginx service's own command renders the shared template (envsubst with a list of
-    names), with compose's environment; container paths are mapped to this machine's."""
-    nginx = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["nginx"]
-    script = nginx["command"][0].replace("$$", "$")
-    names = re.search(r"envsubst '([^']*)'", script).group(1).split()
+START_IN_CONTAINER = ROOT / "nginx" / "start-in-container.sh"
+
+
+def test_the_nginx_start_script_fills_in_every_template_name():
+    names = re.search(r"names='([^']*)'", START_IN_CONTAINER.read_text()).group(1).split()
     assert {n.strip("${}") for n in names} == set(NGINX_TEMPLATE_VARS)
-    env = dict(nginx["environment"])
-    assert set(NGINX_TEMPLATE_VARS) <= set(env)
-    mapped = {
+
+
+def test_nginx_starts_as_its_container_starts_it(tmp_path):
+    """The nginx service's own command (start-in-container.sh, which fills the shared template
+    in and starts nginx), with compose's environment; container paths are mapped to this
+    machine's, and `app` is this machine's name: a stand-in app answers through the edge."""
+    nginx = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["nginx"]
+    assert nginx["command"][:2] == ["sh", "/etc/messages/start-in-container.sh"]
+    mounts = {v["target"]: v["source"] for v in nginx["volumes"]}
+    assert Path(mounts["/etc/messages/start-in-container.sh"]) == START_IN_CONTAINER
+    assert Path(mounts["/etc/messages/nginx.conf.template"]) == NGINX_TEMPLATE
+    assert mounts["/run/nginx/cache"] == "edge-cache"  # the cache on a volume, not the tmpfs
+    edge, status, app = free_port(), free_port(), free_port()
+    env = {
+        **nginx["environment"],
+        "PATH": os.environ["PATH"],
+        "EDGE_LISTEN": f"127.0.0.1:{edge}",
+        "EDGE_STATUS_LISTEN": f"127.0.0.1:{status}",
+        "APP_HOST": "localhost",
+        "APP_PORT": str(app),
         "TLS_CERT": str(ROOT / "localhost.crt"),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(tmp_path),
         "NGINX_USER": "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
         "EDGE_METRICS_LOG": str(tmp_path / "edge-metrics.log"),
-        "EDGE_CACHE_DIR": str(tmp_path / "cache"),  # the edge-cache volume
+        "EDGE_CACHE_DIR": str(tmp_path / "cache"),
     }
-    assert env["EDGE_CACHE_DIR"] == "/run/nginx/cache"
-    mounts = [v for v in nginx["volumes"] if isinstance(v, dict)]
-    assert "edge-cache:/run/nginx/cache" in nginx["volumes"] or any(
-        v.get("source") == "edge-cache" and v.get("target") == "/run/nginx/cache" for v in mounts
-    )
-    rendered = subprocess.run(
-        ["envsubst", " ".join(names)],
-        input=NGINX_TEMPLATE.read_text(),
-        env={**env, **mapped},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "${" not in rendered
-    assert "resolver 127.0.0.11" in rendered  # Docker's DNS: replicas found as they come and go
     conf = tmp_path / "nginx.conf"
-    conf.write_text(rendered)
-    check = nginx_check(conf, tmp_path)
-    assert check.returncode == 0, check.stderr
+    (tmp_path / "healthz").write_text("stand-in app")
+    stand_in = TCPExecutor(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+         str(tmp_path), str(app)],
+        host="127.0.0.1",
+        port=app,
+        timeout=30,
+    )  # fmt: skip
+    edge_nginx = TCPExecutor(
+        ["sh", str(START_IN_CONTAINER), str(NGINX_TEMPLATE), str(conf)],
+        host="127.0.0.1",
+        port=edge,
+        envvars=env,
+        timeout=30,
+    )
+    with stand_in, edge_nginx:
+        answer = edge_session().get(f"https://localhost:{edge}/healthz", timeout=5)
+        assert answer.text == "stand-in app"
+    rendered = conf.read_text()
+    assert "${" not in rendered
+    server = f"server 127.0.0.1:{app} max_fails=0;"
+    assert f"{server} {server[:-1]} backup;" in rendered
 
 
 def test_the_redis_and_cluster_nodes_start_the_same_way(tmp_path):
@@ -242,6 +261,19 @@ def test_prometheus_and_alertmanager_serve_at_the_root_whatever_their_external_u
     assert "--web.route-prefix=/" in services["alertmanager"]["command"][0]
     for name in ("prometheus", "alertmanager", "grafana"):
         assert services[name]["healthcheck"]["start_period"], name
+
+
+def test_runbook_links_do_not_depend_on_the_folder_compose_runs_in(tmp_path):
+    """`docker compose -f /path/to/docker-compose.yml` from another folder links the same
+    runbooks (the default used to be ${PWD}, the caller's folder)."""
+    values = []
+    for folder in (ROOT, tmp_path):
+        out = run(["config", "--format", "json"], env=env_file(tmp_path, **PASSWORDS), pwd=folder)
+        assert out.returncode == 0, out.stderr
+        prometheus = json.loads(out.stdout)["services"]["prometheus"]
+        values.append(prometheus["environment"]["RUNBOOK_BASE_URL"])
+    assert values[0] == values[1] == "docs/runbooks.md"
+    assert (ROOT / values[0]).is_file()
 
 
 def test_the_nginx_exporter_waits_for_nginx(tmp_path):

@@ -163,7 +163,6 @@ def compose_defaults() -> dict[str, str | None]:
         for name, default in re.findall(r"(?<!\$)\$\{(\w+)(?::?-([^}$]*))?", path.read_text()):
             if default or name not in found:
                 found[name] = default or None
-    found.pop("PWD")  # the folder compose runs in, from the shell
     return found
 
 

@@ -1,0 +1,430 @@
+"""`docker compose up` of the shipped files on a real Docker Engine (tests/docker_engine.py):
+the stack a user starts, from empty volumes, with a .env made from .env.example as the
+README says. Only a test-only override is added: the host's network for build steps, and a
+webhook receiver for the alerts. Grafana, Jaeger and cAdvisor have no image here and are
+left out (named in the output); everything else runs as shipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from native.harness import free_port
+from native.settings import ROOT
+from tests.compose_cli import COMPOSE_CLI, env_file
+from tests.docker_engine import NOT_ON_THIS_ENGINE, Engine, Project
+from tests.helpers import JSON, edge_session, eventually, sha256
+from tests.test_readme import EXAMPLES
+
+pytestmark = [pytest.mark.stack, pytest.mark.engine, pytest.mark.timeout(1200)]
+
+# As a user writes them in .env: single-quoted, with the characters compose would otherwise
+# change (a `$` it fills in, a ` #` that starts a comment).
+REDIS_PASSWORD = "r3dis$HOME #not-a-comment"
+GRAFANA_PASSWORD = "gr4fana$PATH #x"
+PASSWORD_VALUES = (REDIS_PASSWORD, GRAFANA_PASSWORD)
+
+# Receives Alertmanager's webhooks on the compose network and prints each one.
+ALERT_SINK = """
+import http.server
+
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        print(body.decode(), flush=True)
+        self.send_response(200)
+        self.end_headers()
+
+http.server.HTTPServer(("", 8080), Sink).serve_forever()
+"""
+
+
+def user_settings(**more: str) -> dict[str, str]:
+    """A user's .env: the passwords set (single-quoted), every published port free."""
+    ports = ("EDGE", "PROMETHEUS", "ALERTMANAGER", "GRAFANA", "JAEGER")
+    return {
+        "REDIS_PASSWORD": f"'{REDIS_PASSWORD}'",
+        "GRAFANA_ADMIN_PASSWORD": f"'{GRAFANA_PASSWORD}'",
+        **{f"{name}_PORT": str(free_port()) for name in ports},
+        **more,
+    }
+
+
+class Client:
+    """Requests to a project's published ports, as from the host."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.session = edge_session()
+        self.edge = f"https://localhost:{project.settings['EDGE_PORT']}"
+        self.prometheus = f"http://127.0.0.1:{project.settings['PROMETHEUS_PORT']}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, self.edge + path, timeout=10, **kwargs)
+
+    def post(self, message: str) -> str:
+        r = self.request("POST", "/messages", json={"message": message})
+        assert r.status_code == 201, r.text
+        digest: str = r.json()["digest"]
+        return digest
+
+    def post_many(self, n: int, tag: str) -> dict[str, str]:
+        """n new messages stored through the edge: digest -> message."""
+        messages = [f"{tag} {i} {secrets.token_hex(8)}" for i in range(n)]
+        return {self.post(m): m for m in messages}
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        result: list[dict[str, Any]] = r.json()["data"]["result"]
+        return result
+
+
+def redis_cli(project: Project, *args: str, service: str = "redis") -> str:
+    """redis-cli in a Redis container, logged in with the password from its secret file."""
+    (container,) = [c["Id"] for c in project.containers(service)]
+    script = 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" exec redis-cli --raw "$@"'
+    return project.engine.docker("exec", container, "sh", "-c", script, "redis-cli", *args)
+
+
+def stored(project: Project, digests: list[str]) -> int:
+    """How many of these digests Redis itself holds (not nginx's cache)."""
+    return int(redis_cli(project, "EXISTS", *[f"msg:{d}" for d in digests]).strip())
+
+
+def wait_healthy(project: Project, services: list[str], seconds: float = 120) -> None:
+    """Wait until healthy(); if it never is, fail with every container's state and logs."""
+    try:
+        eventually(lambda: healthy(project, services), seconds)
+    except Exception as e:
+        states = {
+            c["Name"]: c["State"].get("Health", c["State"]["Status"]) for c in project.containers()
+        }
+        logs = project.compose("logs", "--tail", "20", check=False).stdout
+        raise AssertionError(f"not healthy: {json.dumps(states, indent=1)}\n{logs}") from e
+
+
+def healthy(project: Project, services: list[str]) -> bool:
+    """Every container of these services running, and healthy where it has a healthcheck."""
+    for c in (c for s in services for c in project.containers(s)):
+        state = c["State"]
+        if state["Status"] != "running":
+            return False
+        if "Health" in state and state["Health"]["Status"] != "healthy":
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    """The default topology, up from empty volumes."""
+    folder = tmp_path_factory.mktemp("compose")
+    settings = user_settings(
+        ALERT_RECEIVER="webhook",
+        ALERT_WEBHOOK_URL="http://alert-sink:8080/",
+        ALERT_GROUP_WAIT="1s",
+        # A path in the external URLs must not move where Prometheus and Alertmanager serve.
+        PROMETHEUS_EXTERNAL_URL="https://ops.example.com/prometheus",
+        ALERTMANAGER_EXTERNAL_URL="https://ops.example.com/alertmanager",
+    )
+    sink = {
+        "image": "message-service:local",
+        "command": ["python", "-c", ALERT_SINK],
+        "healthcheck": {
+            "test": [
+                "CMD",
+                "python",
+                "-c",
+                "import socket; socket.create_connection(('127.0.0.1', 8080))",
+            ],
+            "interval": "2s",
+        },
+        "networks": ["backend"],
+    }
+    p = Project(engine, "msgtest", folder, settings=settings, extra_services={"alert-sink": sink})
+    print(
+        "left out (no image here):", ", ".join(f"{k}: {v}" for k, v in NOT_ON_THIS_ENGINE.items())
+    )
+    started = time.monotonic()
+    p.up()
+    print(f"up --build --wait: {time.monotonic() - started:.0f} s")
+    yield p
+    p.compose("down", "-v", "--remove-orphans", check=False)
+
+
+@pytest.fixture(scope="module")
+def client(project: Project) -> Client:
+    return Client(project)
+
+
+def test_every_service_that_can_run_here_is_up_and_healthy(project):
+    services = project.shipped_services()
+    assert {"redis", "app", "nginx", "prometheus", "alertmanager"} <= set(services)
+    assert healthy(project, project.services_on_this_engine())
+    with_healthchecks = [s for s in services if "Health" in project.container(s)["State"]]
+    assert set(with_healthchecks) == set(services), "every shipped service has a healthcheck"
+
+
+@pytest.mark.parametrize(("command", "expected"), EXAMPLES)
+def test_the_readme_curl_lines_through_the_published_edge(project, command, expected):
+    edge = f"localhost:{project.settings['EDGE_PORT']}"
+    argv = shlex.split(command.replace("localhost:5000", edge))
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == json.loads(expected)
+
+
+CONTRACT = [
+    # (method, path, body, headers, status, in err_msg)
+    ("GET", "/messages/" + "b" * 64, None, {}, 404, "Message not found"),
+    ("GET", "/messages/xyz", None, {}, 400, "64 hexadecimal"),
+    ("POST", "/messages", b"nope", JSON, 400, ""),
+    ("POST", "/messages", b'{"message": 1}', JSON, 400, ""),
+    ("POST", "/messages", b"{}", JSON, 400, ""),
+    ("POST", "/messages", b'{"message": "x"}', {"Content-Type": "text/plain"}, 415, ""),
+    ("POST", "/messages", json.dumps({"message": "x" * (1024 * 1024 + 1)}), JSON, 413, ""),
+    ("POST", "/messages", b"x" * (4 * 1024 * 1024 + 1), JSON, 413, ""),
+    ("DELETE", "/messages", None, {}, 405, ""),
+    ("GET", "/nowhere", None, {}, 404, ""),
+    ("GET", "/metrics", None, {}, 404, ""),  # never through the public port
+]
+
+
+def test_the_api_contract_through_the_published_edge(client):
+    message = "compose ✓ " + secrets.token_hex(4)
+    digest = client.post(message)
+    assert digest == sha256(message)
+    assert client.post(message) == digest  # the same answer again
+    for path in (f"/messages/{digest}", f"/messages/{digest.upper()}"):
+        r = client.request("GET", path)
+        assert r.status_code == 200 and r.json() == {"message": message}
+    for method, path, body, headers, status, text in CONTRACT:
+        r = client.request(method, path, data=body, headers=headers)
+        assert r.status_code == status, (method, path, r.status_code, r.text[:200])
+        assert r.headers["Content-Type"].startswith("application/json"), (method, path)
+        assert text in r.json()["err_msg"]
+        assert r.headers["X-Request-ID"]
+
+
+def test_every_prometheus_target_is_up(project, client):
+    """Every target Prometheus scrapes is up, but those of the services left out here."""
+    left_out = tuple(f"{name}:" for name in NOT_ON_THIS_ENGINE)
+
+    def targets() -> list[dict[str, Any]] | None:
+        r = requests.get(f"{client.prometheus}/api/v1/targets", timeout=10).json()
+        found = [
+            t
+            for t in r["data"]["activeTargets"]
+            if not t["labels"]["instance"].startswith(left_out)
+        ]
+        return found if found and all(t["health"] == "up" for t in found) else None
+
+    found = eventually(targets, 90)
+    jobs = {t["labels"]["job"] for t in found}
+    assert {"app", "app-ready", "edge", "nginx", "redis", "blackbox", "node"} <= jobs
+    assert all(t["health"] == "up" for t in found)
+
+
+def test_secrets_reach_containers_only_as_files(project):
+    """The passwords, kept exactly as single-quoted in .env, are in the secret files and
+    nowhere in what `docker inspect` shows (environment, command lines) or `config` prints."""
+    containers = project.containers()
+    shown = json.dumps(containers)
+    for value in PASSWORD_VALUES:
+        assert value not in shown
+    assert redis_cli(project, "PING").strip() == "PONG"  # the password Redis was given
+    (app,) = project.containers("app")
+    secret = project.engine.docker("exec", app["Id"], "cat", "/run/secrets/redis_password")
+    assert secret == REDIS_PASSWORD
+    printed = project.compose("config").stdout
+    for value in PASSWORD_VALUES:
+        assert value not in printed
+
+
+def test_containers_run_as_the_users_and_filesystems_the_files_say(project):
+    model = project.config()["services"]
+    for service in project.services_on_this_engine():
+        declared = model[service]
+        for c in project.containers(service):
+            assert c["HostConfig"]["ReadonlyRootfs"] == bool(declared.get("read_only")), service
+            uid = Path(f"/proc/{c['State']['Pid']}/status").read_text().split("Uid:")[1].split()[0]
+            image_user = project.engine.inspect(c["Image"])[0]["Config"]["User"]
+            expected = str(declared.get("user") or image_user or "0").split(":")[0]
+            assert uid == expected, (service, uid, expected)
+    assert model["redis"]["user"].startswith("999") and model["app"].get("user") is None
+
+
+def test_sigkill_of_every_main_process_is_restarted_and_loses_no_message(project, client):
+    """Each service's main process killed from the host: its restart policy brings it back,
+    healthy, and every message acknowledged before is still in Redis."""
+    written = client.post_many(30, "before the kill")
+    services = project.shipped_services()
+    before = {s: project.container(s) for s in services}
+    for container in before.values():
+        os.kill(container["State"]["Pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        after = {s: project.container(s) for s in services}
+        return all(after[s]["RestartCount"] > before[s]["RestartCount"] for s in services)
+
+    eventually(restarted, 60)
+    wait_healthy(project, services)
+    assert stored(project, list(written)) == len(written)
+    for digest, message in written.items():
+        assert client.request("GET", f"/messages/{digest}").json() == {"message": message}
+
+
+def test_redis_down_pages_through_alertmanager_to_the_webhook(project, client):
+    project.compose("stop", "redis")
+    try:
+        r = client.request("POST", "/messages", json={"message": "while Redis is down"})
+        assert r.status_code == 503 and r.headers["Content-Type"].startswith("application/json")
+
+        def paged() -> bool:
+            logs = project.compose("logs", "--no-log-prefix", "alert-sink").stdout
+            pages = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+            return any(
+                a["labels"]["alertname"] == "RedisDown" and a["status"] == "firing"
+                for page in pages
+                for a in page["alerts"]
+            )
+
+        eventually(paged, 180)
+    finally:
+        project.compose("start", "redis")
+    wait_healthy(project, ["redis"])
+
+
+def app_requests_by_replica(project: Project) -> dict[str, float]:
+    """Message lookups each app replica has answered (its own /metrics, read inside it; not
+    the healthchecks' requests)."""
+    read = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:9101/metrics', timeout=5).read().decode())"
+    )
+    counts = {}
+    for c in project.containers("app"):
+        text = project.engine.docker("exec", c["Id"], "python", "-c", read)
+        # By container id: a replaced replica's successor may take its name.
+        counts[c["Id"]] = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("messages_lookups_total{")  # GET /messages/<digest> only
+        )
+    return counts
+
+
+def spread(project: Project, client: Client) -> dict[str, float]:
+    """Requests each replica answered of 60 that reach the app (unknown digests: a 404 is
+    never cached at the edge)."""
+    before = app_requests_by_replica(project)
+    for _ in range(60):
+        assert client.request("GET", f"/messages/{secrets.token_hex(32)}").status_code == 404
+    after = app_requests_by_replica(project)
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
+def every_replica_serves(project: Project, client: Client, replicas: int) -> dict[str, float]:
+    """The spread once nginx has the replicas (it checks Docker's DNS every 2 s, then reloads)."""
+
+    def spread_over_all() -> dict[str, float] | None:
+        served = spread(project, client)
+        return served if len(served) == replicas and all(served.values()) else None
+
+    return eventually(spread_over_all, seconds=30)  # type: ignore[return-value]
+
+
+def test_scale_app_to_three_spreads_requests_and_a_replaced_replica_gets_traffic(project, client):
+    project.compose("up", "-d", "--wait", "--no-recreate", "--scale", "app=3", "app")
+    every_replica_serves(project, client, 3)
+
+    replaced = project.containers("app")[0]
+    project.engine.docker("rm", "-f", replaced["Id"])
+    project.compose("up", "-d", "--wait", "--no-recreate", "--scale", "app=3", "app")
+    served = every_replica_serves(project, client, 3)
+    assert replaced["Id"] not in served, served
+    project.compose("up", "-d", "--wait", "--no-recreate", "--scale", "app=1", "app")
+    every_replica_serves(project, client, 1)
+
+
+def established_to_the_app(project: Project) -> int:
+    """nginx's open TCP connections to the app's port (8000), from its /proc/net/tcp."""
+    nginx = project.container("nginx")["Id"]
+    table = project.engine.docker("exec", nginx, "cat", "/proc/net/tcp").splitlines()
+    # Columns: slot, local address, remote address (hex ip:port), state (01: established).
+    rows = [line.split() for line in table[1:]]
+    return sum(1 for row in rows if row[2].endswith(":1F40") and row[3] == "01")
+
+
+def test_nginx_keeps_its_connections_to_the_app_open_with_gthread_workers(project, client):
+    """With GUNICORN_WORKER_CLASS=gthread (sync workers close each connection after one
+    request), nginx reuses connections to the app: after 50 requests it still holds some
+    open, fewer than the requests. The recreated app's new address reaches nginx too."""
+    gthread = env_file(project.folder, **project.settings, GUNICORN_WORKER_CLASS="gthread")
+    default = project.env_file
+    project.env_file = gthread
+    try:
+        project.compose("up", "-d", "--wait", "app")
+
+        def open_after_requests() -> int:
+            # Until nginx has the recreated app's address, its answers are 502s: try again.
+            unknown = [f"/messages/{secrets.token_hex(32)}" for _ in range(50)]
+            if {client.request("GET", path).status_code for path in unknown} != {404}:
+                return 0
+            return established_to_the_app(project)
+
+        assert 1 <= eventually(open_after_requests, seconds=30) < 25  # type: ignore[operator]
+    finally:
+        project.env_file = default
+        project.compose("up", "-d", "--wait", "app")
+    every_replica_serves(project, client, 1)
+
+
+def test_down_then_up_keeps_every_message(project, client):
+    written = client.post_many(20, "before down")
+    project.compose("down")
+    assert project.leftovers()["containers"] == []
+    project.up()
+    assert stored(project, list(written)) == len(written)
+    for digest, message in written.items():
+        assert client.request("GET", f"/messages/{digest}").json() == {"message": message}
+
+
+def test_down_v_leaves_nothing_behind(project):
+    project.compose("down", "-v", "--remove-orphans")
+    assert project.leftovers() == {"containers": [], "networks": [], "volumes": []}
+
+
+# Bad input: a clear message, before anything starts.
+
+
+def test_a_taken_edge_port_is_named(engine, tmp_path):
+    with socket.create_server(("0.0.0.0", 0)) as taken:  # where compose publishes it
+        port = taken.getsockname()[1]
+        p = Project(engine, "msgtest-port", tmp_path, settings=user_settings(EDGE_PORT=str(port)))
+        try:
+            out = p.compose("up", "-d", "--wait", "nginx", check=False)
+        finally:
+            p.compose("down", "-v", check=False)
+    assert out.returncode != 0
+    assert f"{port}" in out.stderr and "already" in out.stderr, out.stderr
+
+
+def test_an_engine_that_cannot_be_reached_is_named(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("REDIS_PASSWORD='x'\nGRAFANA_ADMIN_PASSWORD='y'\n")
+    argv = [str(COMPOSE_CLI), "--project-directory", str(ROOT), "--env-file", str(env_file), "ps"]
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Cannot connect to the Docker daemon" in out.stderr, out.stderr
