@@ -42,7 +42,8 @@ ENV GIT_REVISION=$GIT_REVISION
 USER 10001
 
 EXPOSE 8000 9101
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+# Every 5 s: nginx waits for the app to be healthy, so the interval adds to every start.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 
 # Exec form: gunicorn (service/serve.py) is PID 1 and gets SIGTERM from `docker stop` for a
