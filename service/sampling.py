@@ -18,6 +18,9 @@ the SDK's own samplers:
 OTEL_TRACES_SAMPLER_ARG is ``<traces per second>,<ratio>``, e.g. ``1,0.01``; a single number
 is the rate with ratio 0; unset or empty is DEFAULT_ARG. A rate of 0 leaves the ratio alone
 (TraceIdRatioBased). The budget is per process: each gunicorn worker has its own bucket.
+
+A sampled span carries the probability it was sampled with (PROBABILITY_ATTRIBUTE), so that
+counts can be estimated from spans: the sum of 1/probability over them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable, Sequence
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
     SamplingResult,
@@ -43,6 +47,11 @@ ARG_VARIABLE = "OTEL_TRACES_SAMPLER_ARG"
 # What the factories make of an unset or empty argument: the service's default
 # (service/telemetry.py, DEFAULT_SAMPLER_ARG, says why).
 DEFAULT_ARG = "1,0.01"
+# Not W3C tracestate's `ot=th:...` (OpenTelemetry's probability sampling): a threshold there
+# says the span was kept because the last 56 bits of its trace id are at or above it, and
+# TraceIdRatioBased keeps the 64 low bits below ratio * 2^64 instead. No semantic convention
+# names it yet.
+PROBABILITY_ATTRIBUTE = "messages.sampling.probability"
 
 
 class RateLimitedSampler(Sampler):
@@ -105,9 +114,22 @@ class RateLimitedSampler(Sampler):
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
         # Both keep the parent's trace state, and the attributes of a sampled span.
-        sampler = ALWAYS_ON if self._take_token() else self._ratio
-        return sampler.should_sample(
+        sampler: Sampler = self._ratio
+        probability = self._ratio.rate
+        if self._take_token():
+            sampler, probability = ALWAYS_ON, 1.0
+        result = sampler.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision is not Decision.RECORD_AND_SAMPLE:  # Decision.is_sampled(), typed
+            return result
+        # A request that finds a token is traced for certain, one that does not with the
+        # ratio's odds, whatever came before it: 1/probability is how many requests each
+        # stands for (Horvitz-Thompson), whatever the traffic.
+        return SamplingResult(
+            result.decision,
+            {**result.attributes, PROBABILITY_ATTRIBUTE: probability},
+            result.trace_state,
         )
 
     def get_description(self) -> str:

@@ -16,7 +16,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from flask import Flask, Request, Response
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 RedisClient = redis.Redis | RedisCluster
+Decision = TypeVar("Decision")  # a sampling decision, as trace_sampled_requests_only keeps it
 
 
 class FlaskEnsureSyncOnce(Flask):
@@ -201,12 +202,13 @@ FLASK_INSTRUMENTOR_HOOKS = {
 
 def trace_sampled_requests_only(
     app: Flask,
-    sampled: Callable[[WSGIEnvironment], bool],
-    traced: contextvars.ContextVar[bool],
+    sampled: Callable[[WSGIEnvironment], Decision],
+    traced: contextvars.ContextVar[Decision],
 ) -> None:
     """Route each request either through FlaskInstrumentor's instrumentation or, when
-    `sampled` says no, around it; `traced` says which, while the request is served. Call
-    right after FlaskInstrumentor().instrument_app(app).
+    `sampled` says no (a false value: False, None), around it; while a traced request is
+    served, `traced` holds what `sampled` said (the tracer provider reads the decision from
+    it: service/telemetry.py). Call right after FlaskInstrumentor().instrument_app(app).
 
     The instrumentation builds a request's attributes, extracts its context and starts a
     (non-recording) span for every request before the sampler has its say: 18.5% of a
@@ -222,8 +224,9 @@ def trace_sampled_requests_only(
         _run_only_when_traced(hooks, qualname_prefix, traced)
 
     def wsgi_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if sampled(environ):
-            token = traced.set(True)
+        decision = sampled(environ)
+        if decision:
+            token = traced.set(decision)
             try:
                 return traced_app(environ, start_response)
             finally:
@@ -246,7 +249,7 @@ def _uninstrumented_wsgi_app(app: Flask) -> WSGIApplication:
 def _run_only_when_traced(
     hooks: dict[str | None, list[Callable[..., Any]]],
     qualname_prefix: str,
-    traced: contextvars.ContextVar[bool],
+    traced: contextvars.ContextVar[Any],
 ) -> None:
     app_hooks = hooks.get(None, [])
     found = [i for i, f in enumerate(app_hooks) if f.__qualname__.startswith(qualname_prefix)]

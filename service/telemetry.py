@@ -13,7 +13,9 @@ instrumentation (the store keeps one of each: see client_tracer). Both lean on t
 instrumentations' internals, and live in service/speedups.py. Benchmarked in
 docs/performance.md. The sampler is the one OTEL_TRACES_SAMPLER(_ARG) name, found as the SDK
 finds it (see sampler_from_env); by default a budget per worker process, 1 trace a second
-plus 1% of the requests beyond it (parentbased_ratelimited: service/sampling.py).
+plus 1% of the requests beyond it (parentbased_ratelimited: service/sampling.py). It decides
+on the trace id the request's spans then get, and its result (attributes, trace state) is
+theirs: the tracer provider's id generator and sampler hand both over (see tracer_provider).
 
 Spans carry the stable semantic-convention names (http.request.method, url.path,
 db.system.name, db.query.text, server.address, ...) unless OTEL_SEMCONV_STABILITY_OPT_IN says
@@ -27,13 +29,13 @@ import contextvars
 import functools
 import logging
 import os
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask, Response
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation import _semconv
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
@@ -42,10 +44,13 @@ from opentelemetry.instrumentation.wsgi import wsgi_getter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, SamplingResult
 from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_ENVIRONMENT_NAME
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_VERSION
+from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.http import parse_excluded_urls
+from opentelemetry.util.types import Attributes
 
 from service import sampling, speedups
 from service.config import Settings
@@ -82,9 +87,21 @@ SAMPLER_ENTRY_POINTS = "opentelemetry_traces_sampler"
 # The SDK hands these a float (its default 1.0 when no argument is given), all others the
 # OTEL_TRACES_SAMPLER_ARG string, or None (opentelemetry.sdk._configuration._import_sampler).
 RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
-# Whether the request being served was sampled: a context variable, not a lookup through
-# Flask's request proxy, because the hooks that read it run on every request.
-_traced: contextvars.ContextVar[bool] = contextvars.ContextVar("messages_traced", default=False)
+
+
+class _Decision(NamedTuple):
+    """The sampler's answer for a traced request, and the trace id it was given."""
+
+    trace_id: int
+    result: SamplingResult
+
+
+# The decision for the request being served, None when it is not traced: a context variable,
+# not a lookup through Flask's request proxy, because the hooks that read it run on every
+# request. Set around the traced app (service/speedups.py), read by the provider.
+_decision: contextvars.ContextVar[_Decision | None] = contextvars.ContextVar(
+    "messages_sampling_decision", default=None
+)
 
 
 def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
@@ -190,14 +207,63 @@ def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
     if not tracing_enabled(env):
         return None
     _opt_in_to_stable_semconv(env)
-    resource = trace_resource(Settings.from_env(env))
+    provider = tracer_provider(trace_resource(Settings.from_env(env)))
     # The exporter's endpoint, headers and timeout, and the batch processor's sizes and delays
-    # are read from the environment here. The sampler is not the provider's: instrument_app()
-    # samples each request before tracing starts, so every span made is one to keep.
-    provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+    # are read from the environment here.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def tracer_provider(resource: Resource | None = None) -> TracerProvider:
+    """A tracer provider whose spans take the sampling decision made for their request.
+
+    The decision is made before any tracing work (see _sampling_decision), on a trace id
+    drawn then: the provider's id generator gives that id to the request's server span, and
+    its sampler gives the request's spans the sampler's result (decision, attributes, trace
+    state). So the trace id a span carries is the one it was sampled on, as a downstream
+    service or collector sampling by trace id sees it."""
+    return TracerProvider(
+        resource=resource, sampler=_DecidedSampler(), id_generator=_DecidedTraceIds()
+    )
+
+
+class _DecidedTraceIds(RandomIdGenerator):
+    """The SDK's random ids, except for a traced request's server span (the one span
+    without a parent there): the trace id its sampling decision was made on."""
+
+    def generate_trace_id(self) -> int:
+        decision = _decision.get()
+        return super().generate_trace_id() if decision is None else decision.trace_id
+
+
+class _DecidedSampler(Sampler):
+    """The decision made for the request, for the spans of its trace: its server span and
+    the Redis spans under it, with the sampler's attributes and trace state."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        decision = _decision.get()
+        if decision is None or decision.trace_id != trace_id:
+            # Not a traced request's span (none is made today): kept, as every span was
+            # before the decision moved ahead of tracing.
+            return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes)
+        made = decision.result
+        # The span's own attributes (the instrumentation's), and what the sampler added.
+        return SamplingResult(
+            made.decision, {**(attributes or {}), **made.attributes}, made.trace_state
+        )
+
+    def get_description(self) -> str:
+        return "DecidedBeforeTracing"
 
 
 def client_tracer() -> Callable[[Any], None] | None:
@@ -218,35 +284,45 @@ def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
         return
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
     FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded)
-    sampled = _sampling_decision(sampler_from_env(env), excluded)
-    speedups.trace_sampled_requests_only(app, sampled, _traced)
+    decide = _sampling_decision(sampler_from_env(env), excluded)
+    speedups.trace_sampled_requests_only(app, decide, _decision)
     app.after_request(_add_traceresponse)
 
 
-def _sampling_decision(sampler: Sampler, excluded: str) -> Callable[[WSGIEnvironment], bool]:
-    """Whether to trace a request, decided from its WSGI environ before any tracing work."""
+def _sampling_decision(
+    sampler: Sampler, excluded: str
+) -> Callable[[WSGIEnvironment], _Decision | None]:
+    """Whether to trace a request, decided from its WSGI environ before any tracing work, on
+    the trace id its spans will have (see tracer_provider)."""
     not_traced = parse_excluded_urls(excluded)
-    # Trace ids are drawn again by the SDK for the spans: this one only feeds the ratio.
-    # (A downstream service sampling by trace id would see different odds; we call none.)
-    draw = random.Random().getrandbits  # noqa: S311 (a sampling coin, not a secret)
+    ids = RandomIdGenerator()  # as the SDK draws a trace id for a span without a parent
 
-    def sampled(environ: WSGIEnvironment) -> bool:
+    def decide(environ: WSGIEnvironment) -> _Decision | None:
         if not_traced.url_disabled(environ.get("PATH_INFO", "")):
-            return False
+            return None
         parent = None
+        trace_id = None
         if "HTTP_TRACEPARENT" in environ:  # passed on from trusted networks only (nginx)
             parent = propagate.extract(environ, getter=wsgi_getter)
-        decision = sampler.should_sample(parent, draw(128), "request").decision
-        return decision is Decision.RECORD_AND_SAMPLE  # Decision.is_sampled(), typed
+            context = trace.get_current_span(parent).get_span_context()
+            if context.is_valid:  # the span's trace id is then its parent's (Tracer.start_span)
+                trace_id = context.trace_id
+        if trace_id is None:
+            trace_id = ids.generate_trace_id()
+        # The span's name and attributes are not known yet: the instrumentation makes them.
+        result = sampler.should_sample(parent, trace_id, "request", SpanKind.SERVER)
+        if result.decision is not Decision.RECORD_AND_SAMPLE:  # Decision.is_sampled(), typed
+            return None
+        return _Decision(trace_id, result)
 
-    return sampled
+    return decide
 
 
 def _add_traceresponse(response: Response) -> Response:
     """Name a traced request's trace in W3C Trace Context's `traceresponse` header: nginx logs
     its trace id in the request's access line, and does not pass the header on to clients
     (nginx.conf.template)."""
-    if _traced.get():
+    if _decision.get() is not None:
         context = trace.get_current_span().get_span_context()
         response.headers["traceresponse"] = (
             f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"

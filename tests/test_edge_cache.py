@@ -259,7 +259,8 @@ def test_traced_reads_log_their_trace_id_and_clients_never_see_traceresponse(sta
 
     def traced() -> bool:
         return any(
-            s.trace_id == miss["trace_id"] and s.attributes.get("request_id") == request_ids[0]
+            s.trace_id == miss["trace_id"]
+            and s.attributes.get("messages.request_id") == request_ids[0]
             for s in receiver.spans
         )
 

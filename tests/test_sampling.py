@@ -20,6 +20,7 @@ from service import sampling, telemetry
 from service.sampling import RateLimitedSampler, parse_arg
 
 GROUP = "opentelemetry_traces_sampler"
+PROBABILITY = "messages.sampling.probability"  # what a sampled span says of its odds
 ids = random.Random(20261130)  # trace ids: seeded, so a failure can be replayed
 
 
@@ -153,11 +154,56 @@ def test_a_sampled_request_keeps_its_attributes_and_the_parents_trace_state():
     sampler = RateLimitedSampler(1, 0.0, clock=Clock())
     kept = sampler.should_sample(parent, trace_id(), "request", attributes={"a": 1})
     assert kept.decision.is_sampled()
-    assert dict(kept.attributes) == {"a": 1}
+    assert dict(kept.attributes) == {"a": 1, PROBABILITY: 1.0}
     assert kept.trace_state == state
     dropped = sampler.should_sample(parent, trace_id(), "request", attributes={"a": 1})
     assert not dropped.decision.is_sampled()
     assert not dropped.attributes
+
+
+# --- the probability, for estimating counts ---
+
+
+def probability(sampler: Sampler, parent=None, tid: int | None = None) -> float | None:
+    """The probability a sampled span is given; None when it is not sampled or has none."""
+    tid = trace_id() if tid is None else tid
+    result = sampler.should_sample(parent, tid, "request")
+    assert result.decision.is_sampled() or not result.attributes
+    return result.attributes.get(PROBABILITY) if result.decision.is_sampled() else None
+
+
+def test_a_sampled_span_says_with_what_probability():
+    clock = Clock()
+    sampler = RateLimitedSampler(1, 0.25, clock=clock)
+    assert probability(sampler) == 1.0  # from the reservoir: traced for certain
+    assert probability(sampler, tid=(5 << 64) | 7) == 0.25  # beyond it, by the ratio
+    assert probability(sampler, tid=2**64 - 1) is None  # not sampled: nothing to say
+    clock.now += 1
+    assert probability(sampler, tid=2**64 - 1) == 1.0  # a new token, whatever the trace id
+    assert probability(RateLimitedSampler(0, 1.0, clock=clock)) == 1.0  # a ratio of 1
+
+
+def test_a_trusted_callers_decision_has_no_probability_of_ours():
+    sampler = sampling.parentbased_ratelimited("1000,1")
+    assert sampled(sampler, remote_parent(True))
+    assert probability(sampler, remote_parent(True)) is None  # the caller's odds, unknown here
+
+
+def test_the_probabilities_of_the_sampled_spans_estimate_the_number_of_requests():
+    """Summing 1/probability over the sampled spans counts the requests, reservoir and ratio
+    together: 2,000 requests over 20 s (100 a second), 2 a second then 10% of the rest."""
+    clock = Clock()
+    sampler = RateLimitedSampler(2, 0.1, clock=clock)
+    got = []
+    for _ in range(2000):
+        got.append(probability(sampler))
+        clock.now += 0.01
+    kept = [p for p in got if p is not None]
+    assert kept.count(1.0) == 2 + 2 * 20 - 1  # the burst, then 2 a second (the last not due)
+    estimate = sum(1 / p for p in kept)
+    # The ratio's part: 1,959 requests, each counted as 10 with probability 0.1: sd
+    # sqrt(1959 * 0.9 / 0.1) = 133. The trace ids are seeded, so this is one fixed draw.
+    assert abs(estimate - 2000) < 4 * 133, estimate
 
 
 # --- threads ---

@@ -1,16 +1,25 @@
 """When tracing is on: only the standard OTEL_* variables decide. What the traces say about
 the service (its resource) and which attribute names they use, unless the operator says
-otherwise."""
+otherwise. How a request is sampled, in the app itself: on its span's own trace id, with the
+sampler's result and probability on the span, and a trusted caller's decision honoured."""
 
 from __future__ import annotations
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import SpanKind, TraceState
 
 from service import telemetry
+from service.app import create_app
 from service.config import Settings
 from service.telemetry import tracing_enabled
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+LOW_64_BITS = 2**64 - 1
+PROBABILITY = "messages.sampling.probability"
 
 
 @pytest.mark.parametrize(
@@ -144,3 +153,147 @@ def test_an_operator_on_the_old_environment_name_gets_no_second_one(operator_env
     attributes = telemetry.trace_resource(Settings()).attributes
     assert attributes["deployment.environment"] == "staging"
     assert "deployment.environment.name" not in attributes
+
+
+# --- sampling, in the app ---
+
+
+@pytest.fixture
+def traced(monkeypatch, redis_url):
+    """Makes a traced app, as a gunicorn worker has it (telemetry.tracer_provider, the app
+    from create_app), with the given OTEL_TRACES_SAMPLER(_ARG); its spans are kept in memory.
+    The provider stands in for the process's global one for this test only."""
+    exporter = InMemorySpanExporter()
+    provider = telemetry.tracer_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    apps = []
+
+    def make(sampler: str, arg: str = ""):
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+        apps.append(create_app({"REDIS_URL": redis_url}))
+        return apps[-1].test_client(), exporter
+
+    yield make
+    for app in apps:
+        app.extensions["message_store"].close()
+
+
+def server_spans(exporter: InMemorySpanExporter) -> list:
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+
+
+def ratio_keeps(trace_id: int, ratio: float) -> bool:
+    """TraceIdRatioBased's rule, as any hop or collector with that ratio applies it."""
+    return trace_id & LOW_64_BITS < ratio * 2**64
+
+
+def test_the_ratio_decides_on_the_spans_own_trace_id(traced):
+    client, exporter = traced("traceidratio", "0.25")
+    for i in range(200):
+        assert client.get(f"/messages/{i:064x}").status_code == 404
+    spans = server_spans(exporter)
+    assert 20 <= len(spans) <= 80  # Binomial(200, 0.25): 50, sd 6.1
+    assert [s.context.trace_id for s in spans if not ratio_keeps(s.context.trace_id, 0.25)] == []
+    # The Redis span under each has the same trace id, so it is the same decision.
+    for redis_span in (s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT):
+        assert ratio_keeps(redis_span.context.trace_id, 0.25)
+
+
+def test_a_callers_trace_id_is_the_one_decided_on(traced):
+    """A trusted caller's trace id, with a sampler that ignores the caller's flag: exactly the
+    requests whose trace ids the ratio keeps are traced, and those above it are not."""
+    client, exporter = traced("traceidratio", "0.25")
+    trace_ids = [(0xABC << 64) | (i * 2**64 // 20 + 12345) for i in range(20)]
+    for tid in trace_ids:
+        parent = f"00-{tid:032x}-b7ad6b7169203331-01"
+        client.get(f"/messages/{tid:064x}", headers={"traceparent": parent})
+    traced_ids = [s.context.trace_id for s in server_spans(exporter)]
+    assert traced_ids == [tid for tid in trace_ids if ratio_keeps(tid, 0.25)]
+    assert len(traced_ids) == 5
+
+
+def test_the_budget_and_the_ratio_record_their_probability_on_the_span(traced):
+    # The service's sampler: 1 trace a second per process, then 25% of the rest.
+    client, exporter = traced("parentbased_ratelimited", "1,0.25")
+    requests = 200
+    for i in range(requests):
+        client.get(f"/messages/{i:064x}")
+    spans = server_spans(exporter)
+    by_ratio = [s for s in spans if s.attributes[PROBABILITY] == 0.25]
+    from_budget = [s for s in spans if s.attributes[PROBABILITY] == 1.0]
+    assert len(by_ratio) + len(from_budget) == len(spans)
+    assert len(from_budget) >= 1  # the first request, at least
+    assert [s for s in by_ratio if not ratio_keeps(s.context.trace_id, 0.25)] == []
+    # Counts estimated from the spans: each stands for 1/probability requests. The ratio's
+    # part: sd sqrt(199 * 0.75 / 0.25) = 24.4; 6 sd is a one-in-a-billion miss.
+    estimate = sum(1 / s.attributes[PROBABILITY] for s in spans)
+    assert abs(estimate - requests) < 6 * 24.4, estimate
+    # The Redis spans of a trace say the same as its server span.
+    for span in exporter.get_finished_spans():
+        assert span.attributes[PROBABILITY] in (0.25, 1.0)
+
+
+class OperatorsSampler(Sampler):
+    """An operator's sampler that keeps every trace and says so in an attribute and in the
+    trace state, naming the trace id it was asked about."""
+
+    def should_sample(
+        self,
+        parent_context,
+        trace_id,
+        name,
+        kind=None,
+        attributes=None,
+        links=None,
+        trace_state=None,
+    ):
+        state = TraceState([("vendor", f"kept-{trace_id & 0xFFFF:04x}")])
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE, {"vendor.decided_on": f"{trace_id:032x}"}, state
+        )
+
+    def get_description(self) -> str:
+        return "OperatorsSampler"
+
+
+def test_the_samplers_attributes_and_trace_state_reach_the_spans(traced, monkeypatch):
+    monkeypatch.setattr(telemetry, "sampler_from_env", lambda env: OperatorsSampler())
+    client, exporter = traced("always_on")  # replaced by the operator's sampler above
+    r = client.post("/messages", json={"message": "marked"})
+    assert r.status_code == 201
+    (server,) = server_spans(exporter)
+    tid = server.context.trace_id
+    assert server.attributes["vendor.decided_on"] == f"{tid:032x}"
+    assert server.attributes["http.route"] == "/messages"  # the instrumentation's, kept too
+    assert server.context.trace_state == TraceState([("vendor", f"kept-{tid & 0xFFFF:04x}")])
+    (redis_span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert redis_span.context.trace_state == server.context.trace_state  # and travels on
+    assert r.headers["traceresponse"].startswith(f"00-{tid:032x}-")
+
+
+def test_a_trusted_callers_sampled_flag_still_decides(traced):
+    # No budget and no ratio: only a caller can have a request traced.
+    client, exporter = traced("parentbased_ratelimited", "0,0")
+    caller = "0af7651916cd43dd8448eb211c80319c"
+    client.get(f"/messages/{'a' * 64}")
+    client.get(f"/messages/{'b' * 64}", headers={"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"})
+    client.get(
+        f"/messages/{'c' * 64}",
+        headers={"traceparent": f"00-{caller}-b7ad6b7169203331-01", "tracestate": "vendor=x"},
+    )
+    (server,) = server_spans(exporter)
+    assert f"{server.context.trace_id:032x}" == caller
+    assert f"{server.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert server.context.trace_state == TraceState([("vendor", "x")])
+    assert PROBABILITY not in server.attributes  # the caller's odds are not ours to say
+
+
+def test_the_server_span_names_the_request_id_in_the_services_namespace(traced):
+    client, exporter = traced("always_on")
+    r = client.get(f"/messages/{'d' * 64}", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    (server,) = server_spans(exporter)
+    assert server.attributes["messages.request_id"] == "abc-123"
+    assert "request_id" not in server.attributes  # no attribute without a namespace

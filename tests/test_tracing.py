@@ -23,6 +23,8 @@ SECRET = "attack at dawn 7f3a9c"  # a message whose text must not leave the serv
 FORGED_TRACE = "0af7651916cd43dd8448eb211c80319c"
 FORGED_PARENT = f"00-{FORGED_TRACE}-b7ad6b7169203331-01"
 SERVER, CLIENT = 2, 3  # OTLP span kinds
+REQUEST_ID = "messages.request_id"  # the server span's attribute: the X-Request-ID
+PROBABILITY = "messages.sampling.probability"  # a sampled span's odds of being sampled
 REVISION = "0123abc"  # GIT_REVISION of the module's stack
 # The names semantic conventions had before HTTP and database were stable: off by default.
 OLD_HTTP = {
@@ -69,10 +71,10 @@ def app_log(stack: Stack) -> list[dict]:
 
 
 def spans_of(stack: Stack, receiver: Receiver, request_id: str) -> tuple[Span, list[Span]]:
-    """The server span tagged with request_id and the spans of its trace, once exported."""
+    """The server span tagged with the request id and the spans of its trace, once exported."""
 
     def server_span() -> Span | None:
-        tagged = (s for s in receiver.spans if s.attributes.get("request_id") == request_id)
+        tagged = (s for s in receiver.spans if s.attributes.get(REQUEST_ID) == request_id)
         return next((s for s in tagged if s.kind == SERVER), None)
 
     stack.executors["app"].wait_for(lambda: server_span() is not None)
@@ -188,7 +190,7 @@ def test_trace_context_from_the_trusted_network_is_kept(tmp_path, receiver):
         assert root.trace_id == FORGED_TRACE
         assert root.parent_span_id == "b7ad6b7169203331"
         skipped_id = skipped.headers["X-Request-ID"]
-        assert not [s for s in receiver.spans if s.attributes.get("request_id") == skipped_id]
+        assert not [s for s in receiver.spans if s.attributes.get(REQUEST_ID) == skipped_id]
         (line,) = [x for x in app_log(stack) if x.get("request_id") == skipped_id]
         assert "trace_id" not in line
     finally:
@@ -229,6 +231,11 @@ def test_by_default_a_budget_of_traces_a_second_is_traced_and_logs_say_which(tmp
             root, trace_spans = spans_of(stack, own, request_id)
             assert root.trace_id == lines[request_id]["trace_id"]
             assert [s.name for s in trace_spans if s.kind == CLIENT] == ["GET"]
+            # From the budget (certain), or by the ratio on the trace id the span carries,
+            # as TraceIdRatioBased(0.01) anywhere downstream decides it.
+            assert root.attributes[PROBABILITY] in (1.0, 0.01)
+            if root.attributes[PROBABILITY] == 0.01:
+                assert int(root.trace_id, 16) & (2**64 - 1) < 0.01 * 2**64
         # Unsampled requests made no span at all: no server span, no Redis span.
         assert len(own.spans) == 2 * (len(burst) + 2)
     finally:
@@ -255,7 +262,7 @@ def test_health_checks_are_not_traced(stack, receiver):
     marker = stack.request("GET", f"/messages/{'9' * 64}")
     spans_of(stack, receiver, marker.headers["X-Request-ID"])
     assert not [
-        s for s in receiver.spans if s.attributes.get("request_id") == r.headers["X-Request-ID"]
+        s for s in receiver.spans if s.attributes.get(REQUEST_ID) == r.headers["X-Request-ID"]
     ]
     assert not [
         s for s in receiver.spans if s.attributes.get("http.route") in ("/healthz", "/readyz")
@@ -306,4 +313,4 @@ def test_tracing_off_without_an_endpoint(tmp_path, receiver):
         assert not [x for x in app_log(stack) if x.get("request_id") == request_id]
     finally:
         stack.stop()
-    assert not [s for s in receiver.spans if s.attributes.get("request_id") == request_id]
+    assert not [s for s in receiver.spans if s.attributes.get(REQUEST_ID) == request_id]
