@@ -15,6 +15,7 @@ stop."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -191,9 +192,11 @@ class Project:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.env_file = env_file(self.folder, **self.settings)
 
+    @functools.cached_property
     def override(self) -> Path:
         """The test-only override: the host's network for every build step (the builds
-        download from Debian's archive and PyPI), and the test's own extra services."""
+        download from Debian's archive and PyPI), and the test's own extra services. Written
+        once: it depends on the files only, not on the .env."""
         model = self.config(override=False)
         services: dict[str, Any] = {
             name: {"build": {"network": "host"}}
@@ -206,7 +209,7 @@ class Project:
         return path
 
     def argv(self, *args: str, override: bool = True) -> list[str]:
-        files = [*self.files, self.override()] if override else list(self.files)
+        files = [*self.files, self.override] if override else list(self.files)
         argv = [str(COMPOSE_CLI), "--project-directory", str(ROOT), "-p", self.name]
         for f in files:
             argv += ["-f", str(f)]

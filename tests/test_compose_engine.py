@@ -87,11 +87,6 @@ class Client:
         messages = [f"{tag} {i} {secrets.token_hex(8)}" for i in range(n)]
         return {self.post(m): m for m in messages}
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = requests.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-        result: list[dict[str, Any]] = r.json()["data"]["result"]
-        return result
-
 
 def redis_cli(project: Project, *args: str, service: str = "redis") -> str:
     """redis-cli in a Redis container, logged in with the password from its secret file."""
