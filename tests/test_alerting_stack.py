@@ -167,6 +167,10 @@ def test_tickets_and_the_heartbeat_go_to_receivers_of_their_own(alerting_stack, 
     # RedisDown, which inhibits it.)
     admin = stack.redis
     admin.ping()
+    # Prometheus must have the counter before the refusals: a series first seen at 3 shows
+    # no increase (a race a loaded machine lost once, with the exporter slow to connect).
+    counter = "redis_rejected_connections_total"
+    eventually(lambda: prometheus_query(stack.cfg.address("prometheus"), counter)["data"]["result"])
     admin.config_set("maxclients", 1)
     refused = 0
     for _ in range(3):

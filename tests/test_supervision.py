@@ -244,9 +244,9 @@ def test_a_crash_loop_is_given_up_visible_and_alerted_then_restartable(run):
     metrics = requests.get(f"http://127.0.0.1:{run.port('NODE_EXPORTER')}/metrics", timeout=5)
     assert 'supervisor_component_given_up{component="mtail"} 1' in metrics.text
     until(lambda: alerts(run, "ComponentGivenUp"), 90, every=1)
-    # And the edge metrics' scrape target is down (a dead mtail, as any scrape target).
+    # And the edge metrics' scrape target is down: a page, as the SLO pages depend on it.
     until(
-        lambda: any(a["labels"].get("job") == "edge" for a in alerts(run, "ScrapeTargetMissing")),
+        lambda: any(a["labels"].get("job") == "edge" for a in alerts(run, "PageSourceMissing")),
         180,
         every=1,
     )
