@@ -93,6 +93,7 @@ def app_env(cfg: StackConfig, instance: int = 1) -> dict[str, str]:
         **({"REDIS_MODE": "cluster"} if cluster else {}),  # else the caller's, if any
         "REDIS_PASSWORD_FILE": str(cfg.redis_password_file),
         "PYTHONUNBUFFERED": "1",
+        "APP_INSTANCES": str(cfg.app_instances),  # exported: AppInstancesMissing compares
     }
 
 

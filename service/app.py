@@ -44,7 +44,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     wsgi_middleware.init_app(app)
     # Metrics before the store, which records into them. Their after_request hook, added
     # first, runs last: it counts the status the client gets.
-    store_metrics = metrics.init_app(app, settings.revision, ServerSettings.from_env(env).capacity)
+    store_metrics = metrics.init_app(
+        app, settings.revision, ServerSettings.from_env(env).capacity, settings.instances_expected
+    )
     # The store before the routes that use it (health.init_app checks).
     app.extensions["message_store"] = _message_store(settings, store_metrics)
     # Tracing after the stamp and the metrics' middleware, so that their timings and counts

@@ -89,6 +89,9 @@ class Settings:
     deployment_environment: str = "development"  # in traces: deployment.environment.name
     # The app's own line per request: nginx writes one for every request already.
     access_log: bool = False
+    # How many app instances the deployment runs (APP_INSTANCES): exported, so that an
+    # instance gone missing is told from a deliberate scale-down (AppInstancesMissing).
+    instances_expected: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, Any] | None = None) -> Settings:
@@ -116,7 +119,10 @@ class Settings:
                 env, "DEPLOYMENT_ENVIRONMENT", d.deployment_environment, str
             ),
             access_log=_flag(env, "APP_ACCESS_LOG", d.access_log),
+            instances_expected=_get(env, "APP_INSTANCES", d.instances_expected, int),
         )
+        if settings.instances_expected < 1:
+            raise ValueError("APP_INSTANCES must be at least 1")
         if settings.max_body_bytes < settings.max_message_bytes:
             raise ValueError("MAX_BODY_BYTES must be at least MAX_MESSAGE_BYTES")
         return settings

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 # Request latency: from well under a millisecond (a cached GET) to the 10 s nginx waits at
-# most. 0.025 s and 0.1 s are the latency SLO thresholds (see the alerting rules).
+# most. The edge's histograms (monitoring/mtail/edge.mtail) have the same boundaries, so
+# that app and edge quantiles compare; 0.1 s, the latency SLO's threshold, is one of them
+# (the SLO is measured at the edge: monitoring/prometheus/rules/recording.yml).
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Redis round trips on a LAN take 0.1-1 ms; the top buckets catch timeouts and retries.
 REDIS_BUCKETS = (
@@ -197,9 +199,10 @@ class RequestMetrics:
         app.teardown_request(teardown_request)
 
 
-def init_app(app: Flask, revision: str, capacity: int) -> StoreMetrics:
+def init_app(app: Flask, revision: str, capacity: int, instances_expected: int = 1) -> StoreMetrics:
     """Instrument the app's requests; return the store's metrics for it to record into.
-    `capacity`: the requests this app instance serves at once (ServerSettings.capacity)."""
+    `capacity`: the requests this app instance serves at once (ServerSettings.capacity);
+    `instances_expected`: the app instances the deployment runs (APP_INSTANCES)."""
     registry = CollectorRegistry()
     in_flight = Gauge(
         "flask_http_requests_in_flight",
@@ -224,5 +227,14 @@ def init_app(app: Flask, revision: str, capacity: int) -> StoreMetrics:
         multiprocess_mode="max",
     )
     capacity_gauge.set(capacity)
+    # Replicas come and go on new addresses (compose recreates them): the alert compares how
+    # many are discovered with how many the deployment asks for, not addresses seen before.
+    expected_gauge = Gauge(
+        "messages_app_instances_expected",
+        "App instances the deployment runs (APP_INSTANCES)",
+        registry=registry,
+        multiprocess_mode="max",
+    )
+    expected_gauge.set(instances_expected)
     app.extensions["metrics_registry"] = registry
     return StoreMetrics.create(registry)

@@ -25,6 +25,17 @@ def panels(board: dict) -> list[dict]:
     return found
 
 
+# The panels that answer "is it healthy?", by dashboard: tests/test_dashboards_stack.py
+# runs each against the failures it exists to show, and it must turn red.
+HEALTH = {
+    "messages-overview.json": ["Alerts firing"],
+    "messages-edge.json": ["Probe"],
+    "messages-redis.json": ["Redis up"],
+    "messages-resources.json": ["Unhealthy targets", "Health by target"],
+}
+# Grafana's reds (its palette's shades of the one colour).
+REDS = {"red", "dark-red", "semi-dark-red", "light-red", "super-light-red"}
+
 # (dashboard file, panel title, PromQL) for every query of every panel.
 QUERIES = [
     (name, panel["title"], target["expr"])

@@ -83,3 +83,18 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook(alert):
     assert base == "{{ $externalLabels.runbook_base_url }}"
     assert anchor == alert["alert"].lower()
     assert f"## {alert['alert']}" in RUNBOOKS, "the runbook section exists"
+
+
+def test_the_latency_thresholds_the_rules_count_are_boundaries_of_every_request_histogram():
+    """A threshold between two boundaries would be counted at the boundary below it: every
+    `le` the rules name is a bucket of the edge's histograms and of the app's."""
+    from service.metrics import REQUEST_BUCKETS
+
+    text = "\n".join(rule["expr"] for rule in rules("record") + ALERTS)
+    thresholds = {float(le) for le in re.findall(r'le="([0-9.]+)"', text)}
+    assert thresholds, "the latency SLI counts requests within a bucket"
+    mtail = (ROOT / "monitoring" / "mtail" / "edge.mtail").read_text()
+    for name in ("edge_http_request_duration_seconds", "edge_upstream_response_duration_seconds"):
+        (buckets,) = re.findall(rf"histogram {name} .* buckets (.+)", mtail)
+        assert thresholds <= {float(b) for b in buckets.split(",")}, name
+    assert thresholds <= set(REQUEST_BUCKETS)

@@ -251,6 +251,15 @@ def test_the_app_has_no_cpu_cap_unless_one_is_set(tmp_path):
     assert float(app["deploy"]["resources"]["limits"]["cpus"]) == 1.5
 
 
+def test_app_instances_sets_the_replicas_and_tells_the_app(tmp_path):
+    """One setting for how many replicas run and how many the app reports as expected
+    (AppInstancesMissing compares the two), as APP_INSTANCES does for make run."""
+    app = resolved(env=env_file(tmp_path, **PASSWORDS))["services"]["app"]
+    assert app["deploy"]["replicas"] == 1 and app["environment"]["APP_INSTANCES"] == "1"
+    app = resolved(env=env_file(tmp_path, **PASSWORDS, APP_INSTANCES="3"))["services"]["app"]
+    assert app["deploy"]["replicas"] == 3 and app["environment"]["APP_INSTANCES"] == "3"
+
+
 def test_prometheus_and_alertmanager_serve_at_the_root_whatever_their_external_url(tmp_path):
     with_paths = {
         "PROMETHEUS_EXTERNAL_URL": "https://ops.example.com/prometheus",

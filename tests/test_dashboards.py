@@ -23,7 +23,9 @@ from tests.dashboards import (
     ANNOTATIONS,
     DASHBOARDS,
     GRAFANA,
+    HEALTH,
     QUERIES,
+    REDS,
     SUPERVISOR_METRICS,
     VARIABLE,
     datasource_uid,
@@ -205,6 +207,105 @@ def test_the_5xx_ratio_counts_the_requests_the_availability_slo_counts():
             assert f'{label}=~"{api}"' in matchers.split(","), target["expr"]
 
 
+# Stats that can turn red but are not run against a failure, and why.
+NOT_HEALTH = {
+    ("messages-overview.json", "Availability"): "30 days of requests: an outage moves it slowly",
+    ("messages-overview.json", "Availability error budget left"): "30 days, as above",
+    ("messages-overview.json", "Latency SLO attainment"): "30 days, as above",
+    ("messages-overview.json", "Latency error budget left"): "30 days, as above",
+    ("messages-edge.json", "Certificate expires in"): "days left, not a failure",
+    ("messages-redis.json", "Memory used of maxmemory"): "how full Redis is, not whether it runs",
+    ("messages-redis.json", "AOF writes OK"): "persistence failing (a full disk), not run here",
+    ("messages-redis.json", "Last RDB save OK"): "as above",
+    ("messages-resources.json", "Components given up"): "make run's supervisor only",
+}
+
+
+def can_turn_red(panel: dict) -> bool:
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    steps = defaults.get("thresholds", {}).get("steps", [])
+    mapped = [r.get("color") for m in defaults.get("mappings", []) for r in m["options"].values()]
+    return any(s["color"] in REDS for s in steps) or any(c in REDS for c in mapped)
+
+
+def test_every_stat_that_can_turn_red_is_a_health_panel_or_says_why_not():
+    health = {(d, t) for d, titles in HEALTH.items() for t in titles}
+    red_capable = {
+        (name, p["title"])
+        for name, board in DASHBOARDS.items()
+        for p in panels(board)
+        if p["type"] in ("stat", "state-timeline") and can_turn_red(p)
+    }
+    assert health <= red_capable
+    assert red_capable - health == set(NOT_HEALTH)
+
+
+# Panels that draw an alert's level, and the alert: the line says "the alert fires here",
+# which is true only where the panel shows what the alert measures.
+ALERT_LEVELS = {
+    ("messages-resources.json", "CPU by component"): "ComponentCPUHigh",
+    ("messages-resources.json", "Host CPU"): "HostCPUHigh",
+    ("messages-resources.json", "Host memory"): "HostMemoryLow",
+    ("messages-redis.json", "Memory used of maxmemory"): "RedisMemoryHigh",
+    ("messages-redis.json", "Memory used of maxmemory by instance"): "RedisMemoryHigh",
+}
+
+
+def one_line(expr: str) -> str:
+    return " ".join(expr.split())
+
+
+@pytest.mark.parametrize(("dashboard", "title"), sorted(ALERT_LEVELS))
+def test_a_panel_draws_its_alerts_level_on_what_the_alert_measures(dashboard, title):
+    (rule,) = [r for r in ALERT_RULES if r["alert"] == ALERT_LEVELS[dashboard, title]]
+    measured, level = re.fullmatch(r"(.+) > ([\d.]+)", one_line(rule["expr"])).groups()
+    (panel,) = [p for p in panels(DASHBOARDS[dashboard]) if p["title"] == title]
+    (target,) = panel["targets"]
+    # The stat of the worst one (max) shows the same quantity.
+    assert one_line(target["expr"]) in (measured, f"max({measured})"), rule["alert"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    (red,) = [s["value"] for s in steps if s["color"] in REDS]
+    assert red == float(level), rule["alert"]
+
+
+def test_memory_panels_say_what_memory_each_runtime_measures():
+    """component:memory_resident_bytes is resident memory natively but cAdvisor's working set
+    (resident plus active page cache) in compose: a panel of it says which is which."""
+    rule = RECORDING_RULES["component:memory_resident_bytes"]
+    assert "resident" in rule and "working_set" in rule
+    showing = [
+        p
+        for board in DASHBOARDS.values()
+        for p in panels(board)
+        if any("component:memory_resident_bytes" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert showing
+    for panel in showing:
+        words = f"{panel['title']} {panel['description']}".lower()
+        assert "resident" in words and "working set" in words, panel["title"]
+        assert not panel["title"].lower().startswith("resident"), panel["title"]
+
+
+# Panels that set the edge's numbers beside the app's, which count fewer requests: cache
+# hits and nginx's own answers never reach the app.
+EDGE_BESIDE_APP = [
+    ("messages-edge.json", "Latency: edge vs upstream (p99)"),
+    ("messages-overview.json", "5xx ratio: app and edge"),
+]
+
+
+@pytest.mark.parametrize(("dashboard", "title"), EDGE_BESIDE_APP)
+def test_edge_beside_app_says_they_count_different_requests(dashboard, title):
+    (panel,) = [p for p in panels(DASHBOARDS[dashboard]) if p["title"] == title]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    assert "edge_http_request" in exprs
+    assert "flask_http_request" in exprs or "edge_upstream_response" in exprs
+    text = panel["description"]
+    assert "cache hits" in text and "nginx's own" in text, title
+    # Not a difference read as nginx's share: the two are not the same requests.
+    assert "gap" not in text.lower(), title
+
+
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_annotations_mark_deploys_and_firing_alerts(name):
     annotations = DASHBOARDS[name]["annotations"]["list"]
@@ -361,6 +462,11 @@ def loaded_stack(tmp_path_factory):
     refuse_a_redis_connection(stack)
     firing = f'ALERTS{{alertname="{REFUSED}",alertstate="firing"}}'
     eventually(lambda: query(stack, firing, time.time() - SETTLED)["data"]["result"], 60)
+    # The 1-, 3- and 30-day SLO windows are evaluated once a minute (whatever the scrape
+    # interval), from the 5-minute rates: the budget panels have data once that group has
+    # run after the traffic.
+    long_windows = "slo:edge_availability:error_ratio_rate30d and slo:edge_latency:error_ratio_rate30d"
+    eventually(lambda: query(stack, long_windows)["data"]["result"], 90)
     yield stack
     stack.stop()
 
@@ -430,6 +536,32 @@ def test_alert_panels_and_annotations_show_what_fires_but_not_heartbeats(loaded_
     assert sorted(json.dumps(r["metric"], sort_keys=True) for r in rows) == sorted(
         json.dumps(m, sort_keys=True) for m in shown
     )
+
+
+@pytest.mark.stack
+def test_the_edge_counts_requests_the_upstream_never_sees(loaded_stack):
+    """What EDGE_BESIDE_APP's descriptions say: under the load generator's traffic, cache
+    hits make the edge count more reads than reached the app."""
+    route = 'route="/messages/<digest>"'
+    edge = query(loaded_stack, f"sum(edge_http_request_duration_seconds_count{{{route}}})")
+    upstream = query(loaded_stack, f"sum(edge_upstream_response_duration_seconds_count{{{route}}})")
+    hits = query(loaded_stack, f'sum(edge_cache_requests_total{{cache="HIT",{route}}})')
+    (edge,), (upstream,), (hits,) = (r["data"]["result"] for r in (edge, upstream, hits))
+    assert float(hits["value"][1]) > 0
+    assert float(edge["value"][1]) >= float(upstream["value"][1]) + float(hits["value"][1])
+
+
+@pytest.mark.stack
+def test_messages_stored_is_the_number_of_keys_in_the_single_redis(loaded_stack):
+    (target,) = [
+        t
+        for p in panels(DASHBOARDS["messages-redis.json"])
+        if p["title"] == "Messages stored"
+        for t in p["targets"]
+    ]
+    keys = loaded_stack.redis.dbsize()
+    shown = query(loaded_stack, substitute(target["expr"]))["data"]["result"]
+    assert [float(r["value"][1]) for r in shown] == [keys]
 
 
 @pytest.mark.stack

@@ -106,6 +106,17 @@ def test_in_flight_is_back_to_zero_and_build_info_is_set(app, client):
     assert one == 1 and labels["version"] == __version__
 
 
+def test_the_instances_the_deployment_runs_are_reported(redis_url):
+    app = create_app({"REDIS_URL": redis_url, "APP_INSTANCES": "3"})
+    assert value(scrape(app), "messages_app_instances_expected") == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "two"])
+def test_a_bad_instance_count_is_refused_with_its_name(redis_url, bad):
+    with pytest.raises(ValueError, match="APP_INSTANCES"):
+        create_app({"REDIS_URL": redis_url, "APP_INSTANCES": bad})
+
+
 @pytest.mark.parametrize("path", ["/metrics", "/messages/metrics"])
 def test_the_app_does_not_serve_metrics(client, path):
     r = client.get(path)

@@ -31,6 +31,7 @@ CACHE_LINES = [  # the cache status last: "-" where nginx looked nothing up
     "/messages/<digest> GET 404 0.001 0.001 MISS",  # looked up, never stored
     "/messages/<digest> GET 200 0.020 0.010, 0.009 MISS",  # retried upstream
     "/messages/<digest> GET 502 0.001 -, - MISS",  # no upstream answered either try
+    "/messages/<digest> GET 200 0.004 -, 0.003 MISS",  # the second try answered
     "/messages/<digest> GET 200 0.510 0.001 : 0.002 EXPIRED",  # after an internal redirect
     "other OTHER 405 0.000 - -",
 ]
@@ -50,7 +51,7 @@ def test_requests_are_counted_by_route_method_and_status(tmp_path):
     assert value(text, count, route="/messages/<digest>", method="GET", status="502") == 2
     assert value(text, count, route="other", method="OTHER", status="405") == 2
     # Answers from the cache count like any other: the SLOs count every request at the edge.
-    assert value(text, count, route="/messages/<digest>", method="GET", status="200") == 4
+    assert value(text, count, route="/messages/<digest>", method="GET", status="200") == 5
     assert value(text, count, route="/messages/<digest>", method="HEAD", status="200") == 1
     assert value(text, count) == len(OLD_LINES) + len(CACHE_LINES)
 
@@ -68,9 +69,26 @@ def test_every_duration_lands_in_a_bucket(tmp_path):
 def test_upstream_time_only_when_an_upstream_answered(tmp_path):
     text = run_mtail(tmp_path)
     name = "edge_upstream_response_duration_seconds_count"
-    assert value(text, name, route="/messages") == 5
+    assert value(text, name, route="/messages", status="201") == 5
     # The misses the app answered; neither the cache's answers nor the 502s.
-    assert value(text, name, route="/messages/<digest>") == 4
+    assert value(text, name, route="/messages/<digest>", status="200") == 4
+    assert value(text, name, route="/messages/<digest>", status="404") == 1
+    assert value(text, name, route="/messages/<digest>", status="502") == 0
+
+
+def test_upstream_time_adds_up_every_attempt_the_client_waited_for(tmp_path):
+    """The latency SLI's measure: a retried request took both attempts' time (0.010 + 0.009),
+    and no client transfer (the 0.510 s request after a redirect took the server 0.003 s)."""
+    text = run_mtail(tmp_path)
+    name = "edge_upstream_response_duration_seconds"
+    posts = {"route": "/messages", "status": "201"}
+    # 0.002, 0.000, 12.499, 0.019 (retried), 0.002
+    assert value(text, f"{name}_sum", **posts) == pytest.approx(12.522)
+    assert value(text, f"{name}_bucket", le="0.01", **posts) == 3
+    gets = {"route": "/messages/<digest>", "status": "200"}
+    # 0.002, 0.019 (retried), 0.003 (redirected), 0.003 (second try)
+    assert value(text, f"{name}_sum", **gets) == pytest.approx(0.027)
+    assert value(text, f"{name}_bucket", le="0.1", **gets) == 4
 
 
 def test_requests_are_counted_by_cache_status(tmp_path):
@@ -78,7 +96,7 @@ def test_requests_are_counted_by_cache_status(tmp_path):
     name = "edge_cache_requests_total"
     digest = "/messages/<digest>"
     assert value(text, name, route=digest, cache="HIT") == 3
-    assert value(text, name, route=digest, cache="MISS") == 4
+    assert value(text, name, route=digest, cache="MISS") == 5
     assert value(text, name, route=digest, cache="EXPIRED") == 1
     assert value(text, name, route="/messages", cache="none") == 1
     assert value(text, name, route="other", cache="none") == 1
