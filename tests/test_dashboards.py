@@ -465,7 +465,9 @@ def loaded_stack(tmp_path_factory):
     # The 1-, 3- and 30-day SLO windows are evaluated once a minute (whatever the scrape
     # interval), from the 5-minute rates: the budget panels have data once that group has
     # run after the traffic.
-    long_windows = "slo:edge_availability:error_ratio_rate30d and slo:edge_latency:error_ratio_rate30d"
+    long_windows = (
+        "slo:edge_availability:error_ratio_rate30d and slo:edge_latency:error_ratio_rate30d"
+    )
     eventually(lambda: query(stack, long_windows)["data"]["result"], 90)
     yield stack
     stack.stop()
