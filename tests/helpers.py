@@ -34,6 +34,7 @@ from types import TracebackType
 
 import redis
 import requests
+import yaml
 from flask import Flask
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -53,6 +54,20 @@ from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
 from service.store import MessageStore, make_client
+
+RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
+
+
+def prometheus_rules(kind: str) -> list[dict]:
+    """Every rule of the shared rule files that has `kind` ("alert" or "record")."""
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if kind in rule
+    ]
+
 
 FOO_DIGEST = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"  # of "foo"
 JSON = {"Content-Type": "application/json"}

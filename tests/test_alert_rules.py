@@ -10,25 +10,15 @@ import pytest
 import yaml
 
 from native.settings import ROOT
+from tests.helpers import RULE_FILES, prometheus_rules
 
 PROMETHEUS = ROOT / "monitoring" / "prometheus"
-RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
 RUNBOOKS = (ROOT / "docs" / "runbooks.md").read_text()
 
 
-def rules(kind: str) -> list[dict]:
-    return [
-        rule
-        for path in RULE_FILES
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if kind in rule
-    ]
-
-
-ALERTS = rules("alert")
-RECORDS = {rule["record"] for rule in rules("record")}
+ALERTS = prometheus_rules("alert")
+RECORDS = {rule["record"] for rule in prometheus_rules("record")}
 CASES = [case for path in TEST_FILES for case in yaml.safe_load(path.read_text())["tests"]]
 
 
@@ -90,7 +80,7 @@ def test_the_latency_thresholds_the_rules_count_are_boundaries_of_every_request_
     `le` the rules name is a bucket of the edge's histograms and of the app's."""
     from service.metrics import REQUEST_BUCKETS
 
-    text = "\n".join(rule["expr"] for rule in rules("record") + ALERTS)
+    text = "\n".join(rule["expr"] for rule in prometheus_rules("record") + ALERTS)
     thresholds = {float(le) for le in re.findall(r'le="([0-9.]+)"', text)}
     assert thresholds, "the latency SLI counts requests within a bucket"
     mtail = (ROOT / "monitoring" / "mtail" / "edge.mtail").read_text()

@@ -32,7 +32,7 @@ from tests.dashboards import (
     panels,
     substitute,
 )
-from tests.helpers import eventually, prometheus_query
+from tests.helpers import eventually, prometheus_query, prometheus_rules
 
 DATASOURCES = yaml.safe_load(
     (GRAFANA / "provisioning" / "datasources" / "datasources.yml").read_text()
@@ -41,17 +41,8 @@ PROVIDERS = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dashboard
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 DATASOURCE_UIDS = {d["uid"]: d["type"] for d in DATASOURCES["datasources"]}
 HARNESS_QUERIES = [q for q in QUERIES if SUPERVISOR_METRICS not in q[2]]
-RULES = ROOT / "monitoring" / "prometheus" / "rules"
-ALERT_RULES = [
-    rule
-    for group in yaml.safe_load((RULES / "alerts.yml").read_text())["groups"]
-    for rule in group["rules"]
-]
-RECORDING_RULES = {
-    rule["record"]: rule["expr"]
-    for group in yaml.safe_load((RULES / "recording.yml").read_text())["groups"]
-    for rule in group["rules"]
-}
+ALERT_RULES = prometheus_rules("alert")
+RECORDING_RULES = {rule["record"]: rule["expr"] for rule in prometheus_rules("record")}
 # Alerts that fire all the time on purpose (a dead man's switch): the dashboards leave them
 # out of what is wrong now. Watchdog is the one they name.
 HEARTBEATS = {"Watchdog"} | {r["alert"] for r in ALERT_RULES if r["expr"].strip() == "vector(1)"}

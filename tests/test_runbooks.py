@@ -26,6 +26,7 @@ from native.make_run import MakeRun, make_run_env
 from native.processes import processes
 from native.settings import ROOT, StackConfig
 from tests.compose_cli import BASE, CLUSTER, PASSWORDS, env_file, resolved
+from tests.helpers import prometheus_rules
 
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 ALERT_RULES = ROOT / "monitoring" / "prometheus" / "rules" / "alerts.yml"
@@ -95,13 +96,7 @@ DIAGNOSE = [(b.section, line) for b in BLOCKS if b.mark == "diagnose" for line i
 # --- Reading the rules ---
 
 
-def alert_rules() -> dict[str, dict]:
-    """Every alerting rule, by name (parsed with the project's pinned PyYAML)."""
-    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
-    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
-
-
-RULES = alert_rules()
+RULES = {rule["alert"]: rule for rule in prometheus_rules("alert")}
 
 # A comparison with a number: `> 0.8`, `>= 10`, `< -0.05`, `> 14.4 * 0.001`, `< 0.5 * sum(...)`
 # (the factor is the threshold). Label matchers (`=`, `=~`, `!~`, `!="x"`) never compare with
