@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help run status stop restart logs test test-fast lint deps system-packages cert lock clean load bench bench-signals bench-supervision profile
+.PHONY: help run status stop restart reload logs backup restore migrate test test-fast lint deps system-packages cert lock clean load bench bench-signals bench-supervision bench-rules bench-overload profile
 
 EDGE_PORT      ?= 5000
 LOAD_DURATION  ?= 10m
@@ -27,8 +27,20 @@ stop: ## Stop a `make run` started in another terminal
 restart: ## Start component C again, e.g. after its supervisor gave up: make restart C=mtail
 	@$(PY) -m native.run restart $(C)
 
+reload: ## New code and configs in place, no failed request: the app, nginx, prometheus, alertmanager (or C=<one>)
+	@$(PY) -m native.reload $(C)
+
 logs: ## Follow every component's log, interleaved (.state/logs/<component>/current)
 	tail -n 5 -F $${STATE_DIR:-.state}/logs/*/current
+
+backup: ## Every message of a running make run into a file that checks itself (FILE=...; default backups/)
+	@$(PY) -m native.backup backup $(FILE)
+
+restore: ## A backup into a running make run's empty store: make restore FILE=... (FORCE=1: add to one not empty)
+	@$(PY) -m native.backup restore $(FILE) $(if $(FORCE),--force)
+
+migrate: ## The other topology's messages into the running make run: make migrate TO=cluster (or TO=single; FILE=: its copy)
+	@$(PY) -m native.backup migrate $(TO) $(FILE)
 
 test: deps lint ## Lints, then every test (unit and end-to-end on the real native stack)
 	$(PY) -m pytest
@@ -48,6 +60,12 @@ bench-signals: deps ## What each observability signal costs per request, in one 
 
 bench-supervision: deps ## What make run's supervisor and log writers cost per request, as shipped
 	$(PY) -m bench.supervision $(BENCH_ARGS)
+
+bench-overload: deps ## The edge at several times its capacity, shedding (as shipped) and not, side by side
+	$(PY) -m bench.overload
+
+bench-rules: deps ## Rule evaluation cost, HEAD's rules vs the working tree's, on 30 days of synthetic data
+	$(PY) -m bench.rule_eval
 
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)

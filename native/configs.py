@@ -91,7 +91,7 @@ def nginx_values(cfg: StackConfig) -> dict[str, str]:
     """The values of the nginx template's variables for this stack."""
     return {
         "EDGE_LISTEN": cfg.address("edge"),
-        "APP_UPSTREAM_SERVERS": upstream_servers(app_upstreams(cfg)),
+        "APP_UPSTREAM_SERVERS": upstream_servers(app_upstreams(cfg), cfg.edge_app_max_conns),
         "TLS_CERT": str(CERTIFICATE),
         "TLS_KEY": str(ROOT / "nginx" / "localhost.key"),
         "NGINX_RUN_DIR": str(cfg.state_dir / "nginx"),
@@ -118,19 +118,27 @@ def app_upstreams(cfg: StackConfig) -> list[str]:
     return found
 
 
-def upstream_servers(addresses: list[str]) -> str:
-    """nginx's server lines for the app: every address, then all again as backups (see the
-    upstream block in nginx.conf.template)."""
-    lines = [f"server {a} max_fails=0;" for a in addresses]
-    lines += [f"server {a} max_fails=0 backup;" for a in addresses]
+def upstream_servers(addresses: list[str], max_conns: int) -> str:
+    """nginx's server lines for the app: every address, then all again as backups, the
+    instance's max_conns split between its two lines (see the upstream block in
+    nginx.conf.template; nginx/start-in-container.sh writes the same in compose)."""
+    primary, backup = max_conns - max_conns // 2, max_conns // 2
+    lines = [f"server {a} max_conns={primary} max_fails=0;" for a in addresses]
+    lines += [f"server {a} max_conns={backup} max_fails=0 backup;" for a in addresses]
     return " ".join(lines)
 
 
-def render_nginx(cfg: StackConfig) -> Path:
-    """The shared nginx template, filled in for this stack."""
+def nginx_config(cfg: StackConfig) -> Path:
+    """Where nginx reads its config: rendered at start, replaced by `make reload`."""
+    return cfg.state_dir / "nginx" / "nginx.conf"
+
+
+def render_nginx(cfg: StackConfig, out: Path | None = None) -> Path:
+    """The shared nginx template, filled in for this stack (into `out`: a candidate that
+    `make reload` checks before it replaces the config in use)."""
     values = nginx_values(cfg)
     assert set(values) == set(NGINX_TEMPLATE_VARS)
-    return render_template(NGINX_TEMPLATE, values, cfg.state_dir / "nginx" / "nginx.conf")
+    return render_template(NGINX_TEMPLATE, values, out or nginx_config(cfg))
 
 
 def alertmanager_values(cfg: StackConfig) -> dict[str, str]:
@@ -147,9 +155,15 @@ def alertmanager_values(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def render_alertmanager(cfg: StackConfig) -> Path:
-    """The shared Alertmanager template, filled in for this stack."""
-    out = cfg.state_dir / "alertmanager" / "alertmanager.yml"
+def alertmanager_config(cfg: StackConfig) -> Path:
+    """Where Alertmanager reads its config."""
+    return cfg.state_dir / "alertmanager" / "alertmanager.yml"
+
+
+def render_alertmanager(cfg: StackConfig, out: Path | None = None) -> Path:
+    """The shared Alertmanager template, filled in for this stack (into `out`: see
+    render_nginx)."""
+    out = out or alertmanager_config(cfg)
     return render_template(ALERTMANAGER_TEMPLATE, alertmanager_values(cfg), out)
 
 
@@ -166,8 +180,14 @@ def render_blackbox(cfg: StackConfig) -> Path:
     return out
 
 
-def render_prometheus(cfg: StackConfig) -> Path:
-    """The shared prometheus.yml with each job's targets pointed at this stack's ports."""
+def prometheus_config(cfg: StackConfig) -> Path:
+    """Where Prometheus reads its config."""
+    return cfg.state_dir / "prometheus" / "prometheus.yml"
+
+
+def render_prometheus(cfg: StackConfig, out: Path | None = None) -> Path:
+    """The shared prometheus.yml with each job's targets pointed at this stack's ports
+    (into `out`: see render_nginx)."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     for job in config["scrape_configs"]:
         point_job_at(job, cfg)
@@ -181,9 +201,8 @@ def render_prometheus(cfg: StackConfig) -> Path:
     if cfg.scrape_interval:
         config["global"]["scrape_interval"] = cfg.scrape_interval
         config["global"]["evaluation_interval"] = cfg.scrape_interval
-    folder = cfg.state_dir / "prometheus"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "prometheus.yml"
+    path = out or prometheus_config(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Derived from monitoring/prometheus/prometheus.yml by native/configs.py.\n"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return path

@@ -113,6 +113,21 @@ def write_metrics(textfile: Path, name: str, restarts: int, given_up: bool) -> N
     partial.rename(final)
 
 
+def write_reload_metric(textfile: Path, name: str, refused: bool) -> None:
+    """Whether `make reload` last refused the component's new config or code (it then runs
+    the previous one), for the node exporter as above (native/reload.py writes it)."""
+    text = (
+        "# HELP supervisor_component_reload_refused 1 when make reload last refused the "
+        "component's new config or code: it still runs the previous one.\n"
+        "# TYPE supervisor_component_reload_refused gauge\n"
+        f'supervisor_component_reload_refused{{component="{name}"}} {int(refused)}\n'
+    )
+    final = textfile / f"reload-{name}.prom"
+    partial = final.with_suffix(".prom.tmp")
+    partial.write_text(text)
+    partial.rename(final)
+
+
 def cause(exit_code: int, signal_number: int) -> str:
     """How the process ended, in words."""
     if exit_code == 256:  # s6-supervise's way of saying "killed by a signal"

@@ -40,6 +40,9 @@ class MakeRun:
     state_dir: Path
     env: dict[str, str]
     make: SimpleExecutor | None = None
+    # The repository it runs from: a copy lets a test change files (to break a config that
+    # `make reload` then refuses) without touching the real ones.
+    root: Path = ROOT
     output: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
 
     @property
@@ -66,7 +69,7 @@ class MakeRun:
         says 200; fails with what it printed if it stops first."""
         make = SimpleExecutor(
             ["make", "--no-print-directory", "run"],
-            cwd=str(ROOT),
+            cwd=str(self.root),
             envvars=self.env,  # on top of this process's environment
             stdout=self.output,
             stderr=subprocess.STDOUT,
@@ -107,7 +110,7 @@ class MakeRun:
         """`make <args>` (status, stop, restart C=...) for this stack."""
         return subprocess.run(
             ["make", "--no-print-directory", *args],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.make_env,
             capture_output=True,
             text=True,

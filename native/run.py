@@ -36,6 +36,10 @@ from native.supervise import scan_dir
 
 READY_TIMEOUT = 120  # seconds for every component to answer after a start
 STOP_TIMEOUT = 60  # seconds for the whole stack to stop
+# Left in the scan folder by `make stop` before it stops the supervisor, so that the make run
+# in the foreground tells a requested stop (exit 0) from a supervisor that ended by itself
+# (a failure). The next make run starts from a fresh scan folder, without it.
+STOP_REQUESTED = ".stop-requested"
 
 
 class AlreadyRunning(Exception):
@@ -192,6 +196,9 @@ def serve(cfg: StackConfig, procs: list[Process]) -> int:
     if stopping:
         say("make run", "stopped")
         return 0
+    if (scan / STOP_REQUESTED).exists():
+        say("make run", "stopped by make stop")
+        return 0
     say("make run", f"the supervisor (s6-svscan) ended by itself ({supervisor.returncode})")
     return 1
 
@@ -226,6 +233,7 @@ def stop_from_elsewhere(cfg: StackConfig) -> int:
     if not supervise.supervisor_running(scan):
         print(f"No stack is running from {cfg.state_dir}.")
         return 0
+    (scan / STOP_REQUESTED).touch()  # before the stop: make run reads it once s6 has ended
     supervise.stop_supervisor(scan)
     deadline = time.monotonic() + STOP_TIMEOUT
     while supervise.supervisor_running(scan) and time.monotonic() < deadline:

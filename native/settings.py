@@ -8,6 +8,7 @@ passed on to the processes the stack starts: the app reads its own settings from
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class StackConfig:
     # (APP_<k>_PORT, APP_<k>_METRICS_PORT, REDIS_<k>_PORT): variable -> port.
     numbered_ports: Mapping[str, int] = field(default_factory=dict)
     rate_limit_rps: int = 100
+    # Requests nginx has at the app at once, per instance; past it, 503 (see nginx.conf).
+    edge_app_max_conns: int = 32
     rate_limit_burst: int = 200
     trace_context_trusted: str = NO_NETWORK
     edge_cache_max_size: str = EDGE_CACHE_MAX_SIZE
@@ -126,6 +129,9 @@ class StackConfig:
             numbered_ports=_numbered_ports(env, app_instances),
             rate_limit_rps=int(env.get("RATE_LIMIT_RPS") or default.rate_limit_rps),
             rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or default.rate_limit_burst),
+            edge_app_max_conns=_max_conns(
+                env.get("EDGE_APP_MAX_CONNS") or default.edge_app_max_conns
+            ),
             trace_context_trusted=env.get("TRACE_CONTEXT_TRUSTED") or default.trace_context_trusted,
             edge_cache_max_size=env.get("EDGE_CACHE_MAX_SIZE") or default.edge_cache_max_size,
             scrape_interval=env.get("SCRAPE_INTERVAL") or default.scrape_interval,
@@ -184,6 +190,30 @@ class StackConfig:
         return self.ports[port] + n - 1
 
 
+STARTED_WITH = "make-run-env.json"  # in the state folder: make run's environment
+
+
+def save_started_with(cfg: StackConfig) -> Path:
+    """Keep the environment make run started with, for `make reload`: it renders the configs
+    again with these settings, not with whatever the shell it runs in has (an ALERT_*
+    webhook missing there would otherwise stop paging). Readable by its owner only: it may
+    hold a secret, like the services' run scripts."""
+    path = cfg.state_dir / STARTED_WITH
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(dict(cfg.child_env), out)
+    return path
+
+
+def started_with(state_dir: Path) -> StackConfig | None:
+    """The settings the make run on this state folder started with; None if none did."""
+    try:
+        env = json.loads((state_dir / STARTED_WITH).read_text())
+    except FileNotFoundError:
+        return None
+    return StackConfig.from_env(env)
+
+
 def _topology(name: str) -> str:
     if name not in REDIS_TOPOLOGIES:
         raise ValueError(f"REDIS_TOPOLOGY must be one of {', '.join(REDIS_TOPOLOGIES)}")
@@ -196,6 +226,16 @@ def _app_port_variable(instance: int, kind: str) -> str:
 
 def _redis_port_variable(node: int) -> str:
     return f"REDIS_{node}_PORT"
+
+
+def _max_conns(raw: str | int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 2:  # split over two server lines, and nginx reads max_conns=0 as no limit
+        raise SystemExit(f"EDGE_APP_MAX_CONNS={raw!r}: a whole number of at least 2")
+    return value
 
 
 def _numbered_ports(env: Mapping[str, str], app_instances: int) -> dict[str, int]:

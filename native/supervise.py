@@ -23,9 +23,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from native.finish import DEATHS_FILE, GIVEN_UP_FILE, restarts_so_far, write_metrics
+from native.finish import (
+    DEATHS_FILE,
+    GIVEN_UP_FILE,
+    restarts_so_far,
+    write_metrics,
+    write_reload_metric,
+)
 from native.processes import Process, app_env, textfile_dir
-from native.settings import ROOT, StackConfig
+from native.settings import ROOT, StackConfig, save_started_with
 from service.config import ServerSettings
 
 # Lines copied to make run's console: warnings and errors in each component's own format
@@ -42,6 +48,15 @@ CONSOLE_LINES_OF = {
 def kind(name: str) -> str:
     """The kind of component: "app" for every app instance (app, app-2, ...), else the name."""
     return "app" if name.startswith("app-") else name
+
+
+# What `make reload` reloads in place (native/reload.py), by kind.
+RELOADABLE = ("app", "nginx", "prometheus", "alertmanager")
+
+
+def reloadable(name: str) -> bool:
+    """Whether `make reload` can reload this component in place."""
+    return kind(name) in RELOADABLE
 
 
 def console_lines(name: str) -> str:
@@ -141,6 +156,8 @@ def write_service(cfg: StackConfig, proc: Process) -> Path:
         ],
     )
     write_metrics(textfile_dir(cfg), proc.name, restarts=0, given_up=False)
+    if reloadable(proc.name):  # a refusal of an earlier run's reload no longer holds
+        write_reload_metric(textfile_dir(cfg), proc.name, refused=False)
     return folder
 
 
@@ -152,6 +169,9 @@ def write_services(cfg: StackConfig, procs: list[Process]) -> Path:
     for proc in procs:
         write_service(cfg, proc)
     (scan / ORDER_FILE).write_text("".join(f"{p.name}\n" for p in procs))
+    save_started_with(cfg)  # for make reload (native/reload.py), which also logs here:
+    log_dir(cfg, "reload").mkdir(parents=True, exist_ok=True)
+    (log_dir(cfg, "reload") / "current").touch()
     return scan
 
 

@@ -33,8 +33,11 @@ server_lines() {
     echo "server 127.0.0.1:9 down;"
     return
   fi
-  for address in $1; do printf 'server %s:%s max_fails=0; ' "$address" "$APP_PORT"; done
-  for address in $1; do printf 'server %s:%s max_fails=0 backup; ' "$address" "$APP_PORT"; done
+  max_conns=${EDGE_APP_MAX_CONNS:-32}
+  backup=$((max_conns / 2))
+  primary=$((max_conns - backup))
+  for address in $1; do printf 'server %s:%s max_conns=%s max_fails=0; ' "$address" "$APP_PORT" "$primary"; done
+  for address in $1; do printf 'server %s:%s max_conns=%s max_fails=0 backup; ' "$address" "$APP_PORT" "$backup"; done
 }
 
 render() {

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 
 from service import (
     api,
@@ -63,8 +63,20 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+class _App(speedups.FlaskEnsureSyncOnce):
+    """Flask, answering OPTIONS with 204 and its Allow header, and no body. Flask's own answer
+    is a 200 with an empty text/html body, and the app answers nothing in HTML."""
+
+    def make_default_options_response(self) -> Response:
+        """As Flask's (the same Allow), without a body or a type of one."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def _flask_app(settings: Settings) -> Flask:
-    app = speedups.FlaskEnsureSyncOnce(__name__)
+    app = _App(__name__)
     # "//" in a path is a 404 like any unknown path, not an HTML redirect.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

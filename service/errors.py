@@ -1,14 +1,15 @@
 """Every error the app answers, the framework's own included, as JSON: {"err_msg": ...}.
 
 App-wide, not the API's: /readyz, an unknown path and a wrong method answer through these
-too. create_app registers them before any route."""
+too. create_app registers them before any route. What gunicorn refuses itself, before the app
+sees it, is JSON too: service/server_errors.py."""
 
 from __future__ import annotations
 
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from service.store import StoreFull, StoreUnavailable
+from service.store import StoreFull, StoreNotSaving, StoreUnavailable
 
 
 class ApiError(Exception):
@@ -57,6 +58,14 @@ def _store_full(exc: StoreFull) -> Response:
     return error_response(507, "Store is full, message not stored")
 
 
+def _store_not_saving(exc: StoreNotSaving) -> Response:
+    current_app.logger.error("store cannot save: %s", exc)
+    response = error_response(503, "Store cannot save messages right now, try again later")
+    # Redis writes again by itself once its disk has room: worth a retry, though not at once.
+    response.headers["Retry-After"] = "10"
+    return response
+
+
 def _unexpected(exc: Exception) -> Response:
     current_app.logger.exception("unhandled error")
     return error_response(500, "Internal server error")
@@ -68,4 +77,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(StoreFull, _store_full)
+    app.register_error_handler(StoreNotSaving, _store_not_saving)
     app.register_error_handler(Exception, _unexpected)

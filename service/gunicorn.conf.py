@@ -9,13 +9,19 @@ import tempfile
 # process too: the multiprocess folder must be in the environment before anything imports it,
 # so before the service's modules below. (on_starting checks that this held.)
 # On tmpfs when there is one: workers update these files on every request.
-_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _own_metrics_dir:
+_METRICS_DIR_PREFIX = "messages-metrics-"
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     _shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="messages-metrics-", dir=_shm)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX, dir=_shm)
+# Made here, known by its name: a reload (SIGHUP) runs this file again in the same master,
+# which then finds the folder it made at start already set, and must still remove it on exit.
+_own_metrics_dir = os.path.basename(os.environ["PROMETHEUS_MULTIPROC_DIR"]).startswith(
+    _METRICS_DIR_PREFIX
+)
 
 from service.config import ServerSettings  # noqa: E402
 from service.logs import logging_config  # noqa: E402
+from service.server_errors import json_server_errors  # noqa: E402
 from service.speedups import (  # noqa: E402
     NoAccessLogger,
     cache_pid_for_multiprocess_values,
@@ -33,12 +39,18 @@ worker_class = _server.worker_class
 threads = _server.threads_per_worker  # more than 1 would make gunicorn pick gthread
 timeout = _server.timeout
 graceful_timeout = _server.graceful_timeout  # SIGTERM: finish in-flight requests, then exit
-# Above nginx's header limits (nginx.conf.template: large_client_header_buffers), so that
-# nginx, with its JSON errors, is always the one to refuse an oversized request.
+# Nginx's header limits (nginx.conf.template: large_client_header_buffers): over HTTP/1.1
+# nginx refuses an oversized request first; over HTTP/2 a header over 8 KiB that compresses
+# under nginx's limit gets here, and gunicorn refuses it with nginx's JSON 431.
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 32768
+json_server_errors()  # gunicorn's own refusals in JSON, not HTML
 keepalive = 75  # gthread: longer than nginx's upstream keepalive_timeout, so nginx closes first
+# Connections waiting to be accepted: nginx sends an instance at most EDGE_APP_MAX_CONNS at
+# once (32) and sheds the rest itself, so this queue stays short; bounded anyway (the
+# default is 2048: seconds of work at this app's rate).
+backlog = 128
 accesslog = None  # nginx and the app write access lines
 logger_class = NoAccessLogger
 # Every log line, gunicorn's and the app's, as JSON on stdout.

@@ -48,7 +48,8 @@ REDIS_BUCKETS = (
     2.5,
 )
 REDIS_COMMANDS = ("GET", "SET", "PING")
-REDIS_ERROR_KINDS = ("timeout", "connection", "other")
+# persistence: Redis refuses writes because it cannot write to its disk (MISCONF).
+REDIS_ERROR_KINDS = ("timeout", "connection", "persistence", "other")
 UNMATCHED_ROUTE = "<unmatched>"
 
 

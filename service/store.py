@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from time import perf_counter
@@ -31,6 +32,11 @@ class StoreUnavailable(StoreError):
 
 class StoreFull(StoreError):
     """Redis refused a write because it reached maxmemory."""
+
+
+class StoreNotSaving(StoreError):
+    """Redis cannot write to its disk (MISCONF: a full disk, say) and refuses writes until it
+    can again: worth retrying later."""
 
 
 def digest_of(data: bytes) -> str:
@@ -103,19 +109,29 @@ class MessageStore:
         # NX: a content-addressed value never changes, so a repeat is a no-op, which also
         # makes a retried POST (by the client, nginx or redis-py) safe.
         key = KEY_PREFIX + digest
+        created = self._call("SET", lambda r: self._set(r, key, data))
+        self._stored[created].inc()
+        return digest, created
+
+    def _set(self, target: RedisClient, key: str, data: bytes) -> bool:
         if self._wait_replicas:
-            created = bool(self._call("SET", lambda r: self._set_replicated(r, key, data)))
+            created = self._set_replicated(target, key, data)
         else:
             # execute_command: redis-py's set() inspects its arguments for deprecations first.
             # (mypy 2.4 does not apply untyped_calls_exclude to a method called on a union.)
-            created = bool(
-                self._call(
-                    "SET",
-                    lambda r: r.execute_command("SET", key, data, "NX"),  # type: ignore[no-untyped-call]
-                )
-            )
-        self._stored[created].inc()
-        return digest, created
+            created = bool(target.execute_command("SET", key, data, "NX"))  # type: ignore[no-untyped-call]
+        # Redis (appendfsync everysec) answers a write after it has tried to append it to the
+        # AOF, whether that worked or not: on a full disk, the writes that meet the first
+        # failure get OK while they are only in memory, and a Redis killed before the disk has
+        # room again loses them. From then on Redis refuses writes and PING (MISCONF) until
+        # it has written all it holds. So a PING after the reply: refused, this write may not
+        # be on disk (503; a retry is harmless). A second round trip, on purpose: pipelined,
+        # the PING would be answered before Redis tries to write.
+        if isinstance(target, RedisCluster):
+            self._clients.master_of(target, key).ping()
+        else:
+            target.ping()
+        return created
 
     def _set_replicated(self, target: RedisClient, key: str, data: bytes) -> bool:
         # SET and WAIT on one connection: WAIT counts the replicas that have this client's
@@ -140,7 +156,10 @@ class MessageStore:
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        self._call("PING", lambda r: r.ping())
+        # Redis answers PING with MISCONF while it cannot write to disk: it is there, and reads
+        # still work. Not ready would take every instance out of service for a full disk.
+        with contextlib.suppress(StoreNotSaving):
+            self._call("PING", lambda r: r.ping())
 
     def close(self) -> None:
         """Release the pools' connections."""
@@ -168,6 +187,14 @@ class MessageStore:
             # reachable for now. All pass; the client may retry.
             self._error(name, "connection")
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except redis.ResponseError as exc:
+            # redis-py has no class of its own for MISCONF (Redis 7.0: "MISCONF Errors writing
+            # to the AOF file: No space left on device"; or a failed RDB save).
+            if not str(exc).startswith("MISCONF"):
+                self._error(name, "other")
+                raise
+            self._error(name, "persistence")
+            raise StoreNotSaving(str(exc)) from exc
         except redis.RedisError:
             self._error(name, "other")
             raise

@@ -272,6 +272,22 @@ def test_wrong_method_is_405_with_allow(client, method, path, allowed):
     assert allowed in r.headers["Allow"]
 
 
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/messages", {"OPTIONS", "POST"}),
+        (f"/messages/{FOO_DIGEST}", {"GET", "HEAD", "OPTIONS"}),
+        ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_options_is_204_with_allow_and_never_html(client, path, allowed):
+    """Flask's own answer is a 200 with an empty text/html body: the app answers no HTML."""
+    r = client.options(path)
+    assert r.status_code == 204
+    assert set(r.headers["Allow"].split(", ")) == allowed
+    assert "Content-Type" not in r.headers and r.data == b""
+
+
 @pytest.mark.parametrize("path", ["/", "/nope", "/messages/", "/messages/x/y", "/metrics"])
 def test_unknown_route_is_404_json(client, path):
     r = client.get(path)

@@ -271,3 +271,16 @@ def test_the_profiler_names_where_a_worker_spends_its_time(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Flask and Werkzeug" in out.stdout and "redis client" in out.stdout
     assert (tmp_path / "profile-post.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.stack
+def test_a_short_overload_run_reports_both_edges(monkeypatch, capsys):
+    from bench import overload
+
+    monkeypatch.setenv("BENCH_OVERLOAD_CONNECTIONS", "64")
+    monkeypatch.setenv("BENCH_OVERLOAD_SECONDS", "2")
+    monkeypatch.setenv("BENCH_OVERLOAD_ROUNDS", "1")
+    assert overload.main() == 0
+    out = capsys.readouterr().out
+    assert "| 64 | shipped |" in out and "| 64 | no shedding |" in out
+    assert "workers killed for a timeout" in out

@@ -18,7 +18,7 @@ import requests
 import yaml
 from mirakuru import HTTPExecutor, TCPExecutor
 
-from native.configs import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS
+from native.configs import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, upstream_servers
 from native.harness import free_port
 from native.settings import ROOT
 from service.config import default_workers
@@ -161,8 +161,8 @@ def test_nginx_starts_as_its_container_starts_it(tmp_path):
         assert answer.text == "stand-in app"
     rendered = conf.read_text()
     assert "${" not in rendered
-    server = f"server 127.0.0.1:{app} max_fails=0;"
-    assert f"{server} {server[:-1]} backup;" in rendered
+    # The same server lines as make run writes (compose's default EDGE_APP_MAX_CONNS).
+    assert upstream_servers([f"127.0.0.1:{app}"], 32) in rendered
 
 
 def test_the_redis_and_cluster_nodes_start_the_same_way(tmp_path):

@@ -298,11 +298,13 @@ def mtail_metrics() -> dict[str, tuple[str, set[str]]]:
 
 
 def supervisor_metrics(tmp_path: Path) -> dict[str, tuple[str, set[str]]]:
-    """What make run's supervisor writes for the node exporter when a component dies."""
+    """What make run's supervisor writes for the node exporter when a component dies, and
+    make reload when it refuses one."""
     finish.write_metrics(tmp_path, "redis", 1, given_up=False)
-    (written,) = tmp_path.glob("*.prom")
+    finish.write_reload_metric(tmp_path, "nginx", refused=False)  # make reload's
     found = {}
-    for family in text_string_to_metric_families(written.read_text()):
+    text = "".join(written.read_text() for written in sorted(tmp_path.glob("*.prom")))
+    for family in text_string_to_metric_families(text):
         suffix = "_total" if family.type == "counter" else ""
         labels = set().union(*(sample.labels for sample in family.samples))
         found[family.name + suffix] = (family.type, labels)

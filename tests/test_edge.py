@@ -9,10 +9,12 @@ import subprocess
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from native.harness import CERT
 from native.settings import app_socket
-from tests.helpers import FOO_DIGEST, JSON, sha256
+from tests.helpers import FOO_DIGEST, JSON, edge_access_lines, sha256
 
 pytestmark = pytest.mark.stack
 
@@ -229,3 +231,151 @@ def test_limits_follow_the_settings(stack_factory):
     assert_json_error(stack.request("POST", "/messages", json={"message": "x" * 11}), 413)
     big = json.dumps({"message": "x"}) + " " * 100
     assert_json_error(stack.request("POST", "/messages", data=big, headers=JSON), 413, "100 bytes")
+
+
+# The edge over both protocols. curl for both, so that only the protocol differs.
+PROTOCOLS = {"HTTP/1.1": "--http1.1", "HTTP/2": "--http2"}
+
+
+def curl_over(stack, protocol: str, method: str, path: str, *headers: str) -> dict:
+    """One request through the edge with curl over the given protocol: curl's exit code,
+    the HTTP version and status (0: no answer), the answer's headers (lower-case names) and
+    body."""
+    argv = ["curl", "-sS", "--cacert", CERT, PROTOCOLS[protocol], "-X", method, "-D", "-"]
+    argv += ["-w", "\n%{http_version} %{http_code}"]
+    argv += [arg for header in headers for arg in ("-H", header)]
+    out = subprocess.run(
+        [*argv, f"https://localhost:{stack.cfg.edge_port}{path}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    text, _, last = out.stdout.rpartition(b"\n")
+    version, status = last.decode().split()
+    head, _, body = text.partition(b"\r\n\r\n")
+    fields = [line.split(":", 1) for line in head.decode("latin-1").splitlines()[1:]]
+    return {
+        "exit": out.returncode,
+        "version": version,
+        "status": int(status),
+        "headers": {name.strip().lower(): value.strip() for name, value in fields},
+        "body": body,
+    }
+
+
+def assert_edge_json_error(answer: dict, protocol: str, status: int, text: str) -> None:
+    assert answer["version"] == protocol.removeprefix("HTTP/"), answer
+    assert answer["status"] == status, answer
+    assert answer["headers"]["content-type"] == "application/json", answer
+    assert text in json.loads(answer["body"])["err_msg"]
+    assert answer["headers"]["x-request-id"]
+
+
+def request_id(case: str, protocol: str) -> str:
+    return f"{case}-{protocol.replace('/', '').replace('.', '')}"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("case", "uri", "status"),
+    [
+        ("at-limit", "/messages/" + "a" * (8000 - len("/messages/")), 400),  # the app: no digest
+        ("over-limit", "/messages/" + "a" * (8001 - len("/messages/")), 414),
+        ("far-over", "/messages/" + "a" * 10_000, 414),
+        ("long-query", f"/messages/{'a' * 64}?q=" + "b" * 9000, 414),
+    ],
+)
+def test_a_uri_over_8000_bytes_is_the_edges_json_414_on_both_protocols(
+    stack, protocol, case, uri, status
+):
+    """Over HTTP/2 there is no request line for nginx's 8 KiB buffer to refuse: a long :path
+    used to reach gunicorn, which answered 414 in HTML."""
+    rid = request_id(case, protocol)
+    answer = curl_over(stack, protocol, "GET", uri, f"X-Request-ID: {rid}")
+    assert_edge_json_error(answer, protocol, status, "URI too long" if status == 414 else "")
+    # The id the answer carries: nginx's own where it refused the request line before it
+    # read the headers (HTTP/1.1 past 8 KiB), else ours.
+    (line,) = edge_access_lines(stack, [answer["headers"]["x-request-id"]])
+    assert line["status"] == status
+    assert line["upstream_status"] == ("" if status == 414 else "400")  # 414: nginx alone
+    # Only a digest is looked up in the cache: a long path's key used to overflow the buffer
+    # nginx builds it in ("proxy_buffer_size 4096 is not enough for cache key").
+    assert "not enough for cache key" not in (stack.log_dir / "nginx.log").read_text()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_header_over_8_kib_is_a_json_431_on_both_protocols(stack, protocol):
+    """Over HTTP/1.1 nginx refuses it. Over HTTP/2 nginx limits a header's compressed size,
+    which this one is under (a run of "a" compresses to 5/8): it reaches gunicorn, which used
+    to answer 431 in HTML, and now answers nginx's JSON."""
+    rid = request_id("big-header", protocol)
+    answer = curl_over(
+        stack, protocol, "GET", "/healthz", f"X-Request-ID: {rid}", "X-Big: " + "a" * 9000
+    )
+    assert_edge_json_error(answer, protocol, 431, "Request headers too large")
+    (line,) = edge_access_lines(stack, [rid])
+    assert line["status"] == 431
+    assert line["upstream_status"] == ("" if protocol == "HTTP/1.1" else "431")  # who refused
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("case", "headers"),
+    [
+        # Six headers of 7 KB: over 32 KiB in all.
+        ("six-7k", [f"X-Flood-{i}: " + "a" * 7000 for i in range(6)]),
+        # One header of 9 KB that no compression brings under 8 KiB.
+        ("big-raw", ["X-Big: " + "~" * 9000]),
+    ],
+)
+def test_headers_past_nginxs_limits_are_refused_and_logged_with_a_status(
+    stack, protocol, case, headers
+):
+    """Over HTTP/1.1 nginx answers its JSON 431. Over HTTP/2, nginx 1.22 closes the connection
+    (GOAWAY) without an answer: its log used to say status 000 (and the JSON line was not
+    JSON); it says 444, nginx's code for "closed without a response"."""
+    rid = request_id(case, protocol)
+    answer = curl_over(stack, protocol, "GET", "/healthz", f"X-Request-ID: {rid}", *headers)
+    if protocol == "HTTP/1.1":
+        assert_edge_json_error(answer, protocol, 431, "Request headers too large")
+    else:
+        assert answer["status"] == 0 and answer["exit"] != 0, answer  # no answer at all
+        assert b"<html" not in answer["body"]
+    (line,) = edge_access_lines(stack, [rid])
+    assert line["status"] == (431 if protocol == "HTTP/1.1" else 444)
+    assert line["upstream_status"] == ""  # the app never saw it
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/messages", {"OPTIONS", "POST"}),
+        (f"/messages/{FOO_DIGEST}", {"GET", "HEAD", "OPTIONS"}),
+        ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_options_is_204_with_allow_and_no_html_on_both_protocols(stack, protocol, path, allowed):
+    """It used to be a 200 with an empty text/html body (Flask's own answer)."""
+    rid = request_id("options-" + path.split("/")[-1][:8], protocol)
+    answer = curl_over(stack, protocol, "OPTIONS", path, f"X-Request-ID: {rid}")
+    assert answer["version"] == protocol.removeprefix("HTTP/")
+    assert answer["status"] == 204, answer
+    assert set(answer["headers"]["allow"].split(", ")) == allowed
+    assert "content-type" not in answer["headers"] and answer["body"] == b""
+    (line,) = edge_access_lines(stack, [rid])
+    assert line["status"] == 204
+
+
+def test_a_strict_verifier_accepts_the_certificate_the_edge_presents(stack):
+    """As webpki (rustls) does: the server's certificate must not be a CA, even when it is
+    the one certificate the client trusts. Python's cryptography verifies that way."""
+    ctx = ssl.create_default_context(cafile=CERT)
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    raw = socket.create_connection(("127.0.0.1", stack.cfg.edge_port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        presented = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+    with open(CERT, "rb") as trusted:
+        store = Store(x509.load_pem_x509_certificates(trusted.read()))
+    verifier = PolicyBuilder().store(store).build_server_verifier(x509.DNSName("localhost"))
+    assert verifier.verify(presented, []) == [presented]

@@ -364,7 +364,8 @@ def stand_in_app(address: str, asked: Counter) -> ThreadingHTTPServer:
 def test_only_a_200_the_app_calls_cacheable_is_stored(stack_factory):
     stack = stack_factory(parts=("nginx",))
     conf = (stack.cfg.state_dir / "nginx" / "nginx.conf").read_text()
-    address = re.search(r"^\s*server (\S+) max_fails=0;", conf, re.M).group(1)  # app 1's
+    server_line = re.search(r"^\s*server (\S+) max_conns=\d+ max_fails=0;", conf, re.M)
+    address = server_line.group(1)  # app 1's
     asked: Counter = Counter()
     server = stand_in_app(address, asked)
     try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+from pathlib import Path
 
 import psutil
 import pytest
@@ -64,7 +67,7 @@ def test_natively_the_app_also_listens_on_a_unix_socket_that_nginx_uses(tmp_path
     app = next(p for p in processes(cfg) if p.name == "app")
     sock = app_socket(cfg, 1)
     assert app.env["APP_SOCKET"] == str(sock)
-    assert f"server unix:{sock} max_fails=0;" in render_nginx(cfg).read_text()
+    assert f"server unix:{sock} max_conns=16 max_fails=0;" in render_nginx(cfg).read_text()
     health = f"http://127.0.0.1:{app.port}/healthz"
     with HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60):
         with socket.socket(socket.AF_UNIX) as client:  # HTTP/1.0 over the socket
@@ -82,4 +85,60 @@ def test_a_state_folder_too_deep_for_a_socket_path_falls_back_to_tcp(tmp_path):
     assert app_socket(cfg, 1) is None
     app = next(p for p in processes(cfg) if p.name == "app")
     assert app.env["APP_SOCKET"] == ""
-    assert f"server 127.0.0.1:{app.port} max_fails=0;" in render_nginx(cfg).read_text()
+    assert f"server 127.0.0.1:{app.port} max_conns=16 max_fails=0;" in render_nginx(cfg).read_text()
+
+
+def test_a_reloaded_master_keeps_its_metrics_and_removes_its_metrics_folder(tmp_path):
+    # make reload sends gunicorn SIGHUP, which runs gunicorn.conf.py again in the master:
+    # that run finds PROMETHEUS_MULTIPROC_DIR set (by the first) and must still own it.
+    env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"}
+    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    health = f"http://127.0.0.1:{app.port}/healthz"
+    metrics = f"http://{env_address(app)}/metrics"
+    gunicorn = HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60)
+    with gunicorn:
+        master = psutil.Process(gunicorn.process.pid)
+        eventually(lambda: len(master.children()) == 2, 30)
+        assert requests.get(health, timeout=10).ok
+        # The folder is known by what the workers have open in it (the master's variable
+        # is not in /proc/<pid>/environ: gunicorn.conf.py set it after the start).
+        opened = {Path(f.path).parent for w in master.children() for f in w.open_files()}
+        (folder,) = {f for f in opened if f.name.startswith("messages-metrics-")}
+        old = {w.pid for w in master.children()}
+        master.send_signal(signal.SIGHUP)
+
+        def replaced() -> bool:
+            now = {w.pid for w in master.children()}
+            return len(now) == 2 and not now & old
+
+        eventually(replaced, 30)
+        eventually(lambda: requests.get(health, timeout=10).ok, 30)
+        # The old workers' counts stay in the sum, the new ones' are added.
+        scrape = requests.get(metrics, timeout=10).text
+        assert value(scrape, COUNT, path="/healthz", status="200") >= 2
+        assert folder.is_dir()
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status", "text"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n", 431, "headers"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n", 414, "URI too long"),
+        (b"NOT A REQUEST LINE\r\n", 400, "Bad request"),
+    ],
+)
+def test_what_gunicorn_refuses_itself_is_json_not_html(tmp_path, request_head, status, text):
+    """Over HTTP/2 nginx passes on a header over 8 KiB that compresses under its limit, and
+    gunicorn refuses it before the app sees it: with nginx's JSON, not gunicorn's HTML page."""
+    env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    health = f"http://127.0.0.1:{app.port}/healthz"
+    gunicorn = HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60)
+    with gunicorn, socket.create_connection(("127.0.0.1", app.port), timeout=10) as client:
+        client.sendall(request_head + b"\r\n")
+        answer = b"".join(iter(lambda: client.recv(4096), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert text in json.loads(body)["err_msg"]

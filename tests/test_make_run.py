@@ -201,3 +201,40 @@ def test_a_killed_make_run_leaves_a_stack_that_make_stop_stops(tmp_path):
         assert run.listening() == set()
     finally:
         run.kill()
+
+
+def test_make_stop_ends_the_foreground_make_run_with_status_0(tmp_path):
+    """`make stop` from another terminal is a stop that was asked for: the make run in the
+    foreground says so and exits 0, as after Ctrl-C (make would print `Error 1` otherwise)."""
+    run = MakeRun(state_dir=tmp_path / "state", env=make_run_env(tmp_path / "state"))
+    try:
+        run.start()
+        stop = run.tool("stop")
+        assert stop.returncode == 0 and "Stopped." in stop.stdout, stop.stdout + stop.stderr
+        until(lambda: not run.make.running(), 30, every=0.2)
+        console = run.console()
+        assert run.make.process.returncode == 0, console[-2000:]
+        assert "make run: stopped by make stop" in console
+        assert "ended by itself" not in console
+        assert "make: ***" not in console  # make's own line for a failed recipe
+        assert run.processes() == []
+        assert run.listening() == set()
+    finally:
+        run.kill()
+
+
+def test_a_supervisor_that_ends_unasked_still_fails_make_run(tmp_path):
+    """The supervisor ending without `make stop` (here: SIGTERM to s6-svscan alone, which
+    stops the stack as asked by no one) is still a failure: make run says so, exits non-zero."""
+    run = MakeRun(state_dir=tmp_path / "state", env=make_run_env(tmp_path / "state"))
+    try:
+        run.start()
+        (svscan,) = [p for p in run.processes() if p.name() == "s6-svscan"]
+        svscan.send_signal(signal.SIGTERM)
+        until(lambda: not run.make.running(), 60, every=0.2)
+        console = run.console()
+        assert run.make.process.returncode != 0, console[-2000:]
+        assert "the supervisor (s6-svscan) ended by itself" in console
+        assert "stopped by make stop" not in console
+    finally:
+        run.kill()

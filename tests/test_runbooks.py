@@ -261,8 +261,8 @@ def test_make_commands_name_real_targets_and_components(tmp_path):
 # tests run the same `REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli` as the
 # redis services' healthcheck). Each resolves against the files it names, names services
 # they have, and a script it gives `sh -c` is valid sh reading secrets its service mounts.
-COMPOSE_SUBCOMMANDS = {"exec", "logs", "ps", "restart", "up"}
-OPTIONS_WITH_VALUES = {"--tail", "-f", "--file", "--scale", "--profile"}
+COMPOSE_SUBCOMMANDS = {"exec", "kill", "logs", "ps", "restart", "up"}
+OPTIONS_WITH_VALUES = {"--tail", "-f", "--file", "--scale", "--profile", "-s"}
 
 
 def test_compose_forms_resolve_against_the_compose_files(tmp_path):

@@ -3,22 +3,67 @@ containers run with least privilege."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shutil
 import socket
 import ssl
 import stat
 import subprocess
+from pathlib import Path
 
 import psutil
 import pytest
 import redis
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from native.harness import CERT
 from native.settings import ROOT
 
 COMPOSE_FILE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 COMPOSE = COMPOSE_FILE["services"]
+
+
+def made_by_make_cert(folder: Path) -> tuple[Path, Path]:
+    """What `make cert` (scripts/make-dev-cert) makes, made in a copy of its folders."""
+    (folder / "scripts").mkdir()
+    (folder / "nginx").mkdir()
+    shutil.copy(ROOT / "scripts" / "make-dev-cert", folder / "scripts")
+    subprocess.run([folder / "scripts" / "make-dev-cert"], capture_output=True, check=True)
+    return folder / "localhost.crt", folder / "nginx" / "localhost.key"
+
+
+@pytest.mark.parametrize("made", ["committed", "by make cert"])
+def test_the_development_certificate_is_a_server_certificate_not_a_ca(made, tmp_path):
+    """Strict verifiers (rustls/webpki, Python's cryptography) refuse a CA certificate as a
+    server's, even one they are told to trust: it must be a plain server certificate."""
+    if made == "committed":
+        cert_file, key_file = Path(CERT), ROOT / "nginx" / "localhost.key"
+    else:
+        cert_file, key_file = made_by_make_cert(tmp_path)
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    ext = cert.extensions
+    assert ext.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    usage = ext.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_cert_sign
+    eku = ext.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    # A verifier as strict as webpki, trusting this certificate alone, takes it for both names.
+    for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+        verifier = PolicyBuilder().store(Store([cert])).build_server_verifier(name)
+        assert verifier.verify(cert, []) == [cert]
+    # And its key is the one nginx serves with.
+    pem = key_file.read_bytes()
+    key = serialization.load_pem_private_key(pem[pem.index(b"-----BEGIN") :], password=None)
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(*raw) == cert.public_key().public_bytes(*raw)
 
 
 @pytest.mark.stack

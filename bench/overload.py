@@ -1,0 +1,153 @@
+"""`make bench-overload`: the edge under several times the load it can serve, with its
+shedding (EDGE_APP_MAX_CONNS, as shipped) and without it (the same stack with a limit no load
+reaches: every request queues at the app), side by side in one run, alternating.
+
+For each number of wrk connections: the requests served (201) and shed (503) per second, the
+p50 and p99 of the served ones (nginx's own $request_time, from its access log: wrk cannot
+tell latencies apart by status), anything else (502, 504, timeouts), and then how soon the
+service is back to normal: sequential POSTs right after the load, the slowest of them.
+Workers killed for a timeout are counted from the app's log. The rate limit per client is
+lifted (one load generator is one address).
+
+Settings (environment): BENCH_OVERLOAD_CONNECTIONS (default "32,256,1024"),
+BENCH_OVERLOAD_SECONDS (per run, default 10), BENCH_OVERLOAD_ROUNDS (default 2).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench.measure import WRK_SCRIPT
+from native.harness import CERT, CORE, Stack, make_stack
+
+# One load generator is one client address: the per-client rate limit is lifted.
+NO_RATE_LIMIT = {"RATE_LIMIT_RPS": "1000000", "RATE_LIMIT_BURST": "1000000"}
+UNLIMITED = "1000000"  # no load here reaches it: the old behaviour, every request queued
+
+
+def setting(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wrk(stack: Stack, connections: int, seconds: int, run_id: str) -> None:
+    threads = min(4, connections)
+    argv = [
+        "wrk", f"--threads={threads}", f"--connections={connections}",
+        f"--duration={seconds}s", "--timeout=10s", f"--script={WRK_SCRIPT}",
+        stack.url, "--", "post", "-", run_id, str(threads),
+    ]  # fmt: skip
+    subprocess.run(argv, capture_output=True, text=True, check=True)
+
+
+def recovery(stack: Stack, n: int = 20) -> float:
+    """The slowest of n sequential POSTs right after the load, in ms."""
+    slowest = 0.0
+    with requests.Session() as session:
+        session.verify, session.trust_env = CERT, False
+        for i in range(n):
+            started = time.perf_counter()
+            r = session.post(f"{stack.url}/messages", json={"message": f"after {i} {started}"})
+            slowest = max(slowest, time.perf_counter() - started)
+            assert r.status_code == 201, r.text
+    return slowest * 1000
+
+
+def one_run(stack: Stack, connections: int, seconds: int, run_id: str) -> dict:
+    time.sleep(1.5)  # nginx writes its log at least once a second: the last run's lines out
+    before = len(stack.edge_lines())
+    wrk(stack, connections, seconds, run_id)
+    after_ms = recovery(stack)
+    time.sleep(1.5)
+    lines = [line for line in stack.edge_lines()[before:] if line["route"] == "/messages"]
+    lines = [line for line in lines if not line["uri"].startswith("/messages?after")]
+    served = [line["request_time"] * 1000 for line in lines if line["status"] == 201]
+    shed = sum(1 for line in lines if line["status"] == 503)
+    other = sum(1 for line in lines if line["status"] not in (201, 503))
+    others = sorted({line["status"] for line in lines if line["status"] not in (201, 503)})
+    return {
+        "served_per_s": len(served) / seconds,
+        "shed_per_s": shed / seconds,
+        "other": other,
+        "other_statuses": others,
+        "served_p50_ms": p(served, 0.50),
+        "served_p99_ms": p(served, 0.99),
+        "recovery_slowest_ms": after_ms,
+    }
+
+
+def worker_timeouts(stack: Stack) -> int:
+    return (stack.log_dir / "app.log").read_text().count("WORKER TIMEOUT")
+
+
+def main() -> int:
+    connections = [int(c) for c in setting("BENCH_OVERLOAD_CONNECTIONS", "32,256,1024").split(",")]
+    seconds = int(setting("BENCH_OVERLOAD_SECONDS", "10"))
+    rounds = int(setting("BENCH_OVERLOAD_ROUNDS", "2"))
+    with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
+        limits = {"shipped": "", "no shedding": UNLIMITED}  # "": the shipped default
+        stacks = {}
+        for name, limit in limits.items():
+            folder = Path(tmp) / name.replace(" ", "-")
+            folder.mkdir()
+            stacks[name] = make_stack(
+                folder, CORE, WEB_CONCURRENCY="", EDGE_APP_MAX_CONNS=limit, **NO_RATE_LIMIT
+            )
+        for stack in stacks.values():
+            stack.start()
+        try:
+            results: dict[tuple[str, int], list[dict]] = {}
+            for r in range(rounds):
+                for c in connections:
+                    for name, stack in stacks.items():  # alternating, in one run
+                        run = one_run(stack, c, seconds, f"{name[0]}{r}{c}")
+                        results.setdefault((name, c), []).append(run)
+            timeouts = {name: worker_timeouts(stack) for name, stack in stacks.items()}
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+    print(report(results, connections, timeouts, seconds, rounds))
+    return 0
+
+
+def report(results: dict, connections: list[int], timeouts: dict, seconds: int, rounds: int) -> str:
+    keys = ["served_per_s", "shed_per_s", "other", "served_p50_ms", "served_p99_ms",
+            "recovery_slowest_ms"]  # fmt: skip
+    out = [
+        f"Overload: POST through the TLS edge, wrk {seconds} s per run, medians of {rounds}",
+        "",
+        "| connections | edge | served/s | shed (503)/s | other | served p50 ms | "
+        "served p99 ms | slowest POST after, ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in connections:
+        for name in ("shipped", "no shedding"):
+            runs = results[(name, c)]
+            cells = [statistics.median(run[k] for run in runs) for k in keys]
+            out.append(
+                f"| {c} | {name} | "
+                + " | ".join(f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in cells)
+                + " |"
+            )
+    out.append("")
+    seen = sorted({s for runs in results.values() for run in runs for s in run["other_statuses"]})
+    out.append(f"other statuses seen: {seen}")
+    out.append(f"workers killed for a timeout: {timeouts}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
