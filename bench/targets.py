@@ -112,9 +112,9 @@ def _reference_app(proc: Process) -> Process:
     if proc.name == "nginx":
         conf = Path(proc.argv[proc.argv.index("-c") + 1])
         text = conf.read_text()
-        if "proxy_cache messages;" not in text:
+        if "proxy_cache $edge_cache_zone;" not in text:
             raise RuntimeError(f"{conf}: no proxy_cache to leave out of the reference's edge")
-        conf.write_text(text.replace("proxy_cache messages;", "proxy_cache off;"))
+        conf.write_text(text.replace("proxy_cache $edge_cache_zone;", "proxy_cache off;"))
         return proc
     if proc.name != "app":
         return proc

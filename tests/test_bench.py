@@ -242,8 +242,9 @@ def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp
     traces = {row["scenario"]: row for row in document["traces"]}
     assert traces["post"]["traced_rps"] > 0 and traces["miss"]["traced_rps"] > 0
     assert traces["hot"]["traced_rps"] < traces["miss"]["traced_rps"]  # hot: from the cache
-    # A traced request: its server span and one span per Redis command (one here).
-    assert totals["server_spans"] < totals["spans"] <= 2 * totals["server_spans"], totals
+    # A traced request: its server span and one span per Redis command (a GET: GET; a POST:
+    # SET, then the PING that checks Redis could persist it).
+    assert totals["server_spans"] < totals["spans"] <= 3 * totals["server_spans"], totals
     assert "throughput_ratio" in out.stdout and "ours_per_ceiling" in out.stdout
 
 

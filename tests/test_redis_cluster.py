@@ -132,9 +132,12 @@ def test_a_traced_replicated_write_has_its_redis_span(cluster):
     for i in range(2):  # the second time on the node connection already instrumented
         with provider.get_tracer("test").start_as_current_span("request"):
             assert store.put(f"traced and replicated {i}".encode())[1] is True
-    redis_spans = [s for s in exporter.get_finished_spans() if s.name != "request"]
-    assert len(redis_spans) == 2
-    assert all("SET" in s.name and "WAIT" in s.name for s in redis_spans), redis_spans
+    redis_spans = [s.name for s in exporter.get_finished_spans() if s.name != "request"]
+    # Each write: the pipelined SET and WAIT, then the PING that checks Redis could persist it.
+    assert len(redis_spans) == 4, redis_spans
+    writes, pings = redis_spans[0::2], redis_spans[1::2]
+    assert all("SET" in name and "WAIT" in name for name in writes), redis_spans
+    assert pings == ["PING", "PING"], redis_spans
 
 
 def test_make_run_can_run_on_a_cluster_of_its_own(tmp_path):
