@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from mirakuru import UnixSocketExecutor
@@ -216,15 +216,24 @@ class Project:
         return [*argv, "--env-file", str(self.env_file), *args]
 
     def compose(
-        self, *args: str, check: bool = True, timeout: float = 900, override: bool = True
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 900,
+        override: bool = True,
+        stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """docker compose ARGS on the engine, with the shell environment a user has."""
+        """docker compose ARGS on the engine, with the shell environment a user has; its
+        standard input and output from and to these files (a shell's < and >), if given."""
         env = {**self.engine.env, "PWD": str(ROOT), "HOME": str(self.folder)}
         out = subprocess.run(
             self.argv(*args, override=override),
             env=env,
             cwd=ROOT,
-            capture_output=True,
+            stdin=stdin,
+            stdout=stdout or subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             timeout=timeout,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -27,6 +28,7 @@ from native.harness import free_port
 from native.settings import ROOT
 from tests.compose_cli import COMPOSE_CLI, env_file
 from tests.docker_engine import NOT_ON_THIS_ENGINE, Engine, Project
+from tests.edge_load import CLIENTS, Load
 from tests.helpers import JSON, edge_session, eventually, sha256
 from tests.test_readme import EXAMPLES
 
@@ -131,6 +133,10 @@ def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         ALERT_RECEIVER="webhook",
         ALERT_WEBHOOK_URL="http://alert-sink:8080/",
         ALERT_GROUP_WAIT="1s",
+        # One load generator is one client address: the reload test's load is not a client
+        # the rate limit is for.
+        RATE_LIMIT_RPS="100000",
+        RATE_LIMIT_BURST="100000",
         # A path in the external URLs must not move where Prometheus and Alertmanager serve.
         PROMETHEUS_EXTERNAL_URL="https://ops.example.com/prometheus",
         ALERTMANAGER_EXTERNAL_URL="https://ops.example.com/alertmanager",
@@ -395,6 +401,124 @@ def test_down_then_up_keeps_every_message(project, client):
         assert client.request("GET", f"/messages/{digest}").json() == {"message": message}
 
 
+# Day-2 operations with compose's own commands, as docs/operations.md gives them.
+
+BACKUP_TOOL = ("run", "--rm", "-T", "--no-deps", "app", "python", "-m", "service.backup")
+ODD_MESSAGE = "line\r\nbreaks, \u00fcn\u00efcode \u2713, a tab\t and a trailing space "
+
+
+def backup(project: Project, path: Path) -> str:
+    """`... service.backup backup - > FILE`; what it said."""
+    with path.open("wb") as out:
+        return project.compose(*BACKUP_TOOL, "backup", "-", stdout=out).stderr
+
+
+def restore(
+    project: Project, path: Path, *flags: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`... service.backup restore [--force] - < FILE`."""
+    with path.open("rb") as src:
+        return project.compose(*BACKUP_TOOL, "restore", *flags, "-", stdin=src, check=check)
+
+
+def dbsize(project: Project) -> int:
+    return int(redis_cli(project, "DBSIZE").strip())
+
+
+def reads_back(client: Client, written: dict[str, str]) -> bool:
+    """Every message read back through the edge, as it was written."""
+    return all(
+        client.request("GET", f"/messages/{d}").json() == {"message": m} for d, m in written.items()
+    )
+
+
+def test_backup_wipe_and_restore_bring_every_message_back(project, client):
+    written = client.post_many(30, "backed up")
+    written[client.post(ODD_MESSAGE)] = ODD_MESSAGE
+    count = dbsize(project)
+    file = project.folder / "messages.backup"
+    assert f"backup: {count} messages" in backup(project, file)
+    content = file.read_bytes()
+    assert content.startswith(b"message-service-backup 1\n")
+    assert content.splitlines()[-1].startswith(f"end {count} ".encode())
+    refused = restore(project, file, check=False)
+    assert refused.returncode == 1 and "the store is not empty" in refused.stderr
+    redis_cli(project, "FLUSHALL")
+    truncated = project.folder / "truncated.backup"
+    truncated.write_bytes(content[: len(content) // 2])
+    refused = restore(project, truncated, check=False)
+    assert refused.returncode == 1 and "truncated" in refused.stderr, refused.stderr
+    assert dbsize(project) == 0  # refused before writing anything
+    said = restore(project, file).stderr
+    assert f"{count} written, 0 already there; all {count} read back byte-identical" in said
+    assert dbsize(project) == count
+    assert reads_back(client, written)
+
+
+def container_processes(project: Project, service: str) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of each process in the service's container."""
+    listing = project.engine.docker("top", project.container(service)["Id"], "-eo", "pid,ppid,args")
+    rows = [line.split(None, 2) for line in listing.splitlines()[1:]]
+    return [(int(pid), int(ppid), args) for pid, ppid, args in rows]
+
+
+def workers(project: Project, service: str) -> set[int]:
+    """The pids of the processes a HUP replaces: nginx's workers, gunicorn's workers."""
+    main = project.container(service)["State"]["Pid"]
+    processes = container_processes(project, service)
+    if service == "nginx":
+        return {pid for pid, _, args in processes if args.startswith("nginx: worker")}
+    return {pid for pid, ppid, _ in processes if ppid == main}
+
+
+def last_reload(project: Project, client: Client, service: str) -> str:
+    """When Prometheus or Alertmanager last loaded its configuration, as it says."""
+    if service == "prometheus":
+        info = requests.get(f"{client.prometheus}/api/v1/status/runtimeinfo", timeout=10)
+        return str(info.json()["data"]["lastConfigTime"])
+    port = project.settings["ALERTMANAGER_PORT"]
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    (line,) = [
+        x
+        for x in text.splitlines()
+        if x.startswith("alertmanager_config_last_reload_success_timestamp_seconds ")
+    ]
+    return line.split()[1]
+
+
+def hup(project: Project, client: Client, load: Load, service: str) -> int:
+    """One reload as docs/operations.md gives it, under the load: the same container (not
+    restarted), its workers or its configuration new. How many requests it closed unanswered."""
+    started = project.container(service)["State"]["StartedAt"]
+    before = workers(project, service) if service in ("app", "nginx") else set()
+    loaded = last_reload(project, client, service) if not before else ""
+    if service == "prometheus":
+        check = ("promtool", "check", "config", "/etc/prometheus/prometheus.yml")
+        project.compose("exec", "-T", "prometheus", *check)
+    dropped, served = len(load.dropped), load.served
+    project.compose("kill", "-s", "HUP", service)
+    if service == "app":  # gunicorn replaces every worker
+        eventually(lambda: (now := workers(project, service)) and not now & before, 60)
+    elif service == "nginx":  # new workers; the old ones may finish a request first
+        eventually(lambda: workers(project, service) - before, 30)
+    else:
+        eventually(lambda: last_reload(project, client, service) != loaded, 30)
+    eventually(lambda: load.served > served + 20, 30)
+    assert project.container(service)["State"]["StartedAt"] == started, service
+    return len(load.dropped) - dropped
+
+
+def test_hup_reloads_each_component_in_place_under_load_without_a_failed_request(project, client):
+    with Load(client.edge) as load:
+        dropped = {
+            s: hup(project, client, load, s) for s in ("prometheus", "nginx", "alertmanager", "app")
+        }
+    print(f"answered: {load.served}, closed unanswered by each reload: {dropped}: {load.dropped}")
+    assert load.failures == [], load.failures
+    # Only nginx's reload may close a kept-alive connection unread, once per connection.
+    assert dropped["nginx"] == len(load.dropped) <= CLIENTS, load.dropped
+
+
 # The Redis Cluster override, run by this same project after its default topology (whose
 # data it leaves as it was), then again after the engine restarts and every container comes
 # back by its restart policy alone.
@@ -444,6 +568,25 @@ def node_addresses(project: Project) -> dict[str, str]:
     }
 
 
+def move(source: Project, target: Project, file: Path, *services: str) -> str:
+    """docs/operations.md's move between topologies, command by command: the edge and app
+    stopped (no writes), a backup, the source down (its volumes stay), the target up, the
+    backup added to what it holds. What the restore said."""
+    source.compose("stop", "nginx", "app")
+    backup(source, file)
+    source.compose("down")
+    target.up(*services)
+    return restore(target, file, "--force").stderr
+
+
+def test_moving_to_the_cluster_carries_every_message_over(project, client, cluster):
+    written = client.post_many(20, "before the move to the cluster")
+    count = dbsize(project)
+    said = move(project, cluster, project.folder / "to-cluster.backup", *SERVING)
+    assert f"restore: {count} messages" in said and f"all {count} read back" in said, said
+    assert reads_back(Client(cluster), written)
+
+
 def test_the_cluster_comes_up_after_the_default_topology_of_the_same_project(cluster):
     cluster.up(*SERVING)
     assert healthy(cluster, SERVING)
@@ -477,6 +620,15 @@ def test_the_cluster_joins_again_after_the_engine_restarts(cluster):
             assert client.request("GET", f"/messages/{digest}").json() == {"message": message}
     finally:
         cluster.engine.docker("rm", "-f", "squatter")
+
+
+def test_moving_back_to_the_single_redis_carries_the_clusters_messages(project, cluster):
+    written = Client(cluster).post_many(20, "in the cluster, before the move back")
+    said = move(cluster, project, project.folder / "to-single.backup")
+    # The cluster's own messages are new there; those it had from the single Redis are not.
+    counts = re.search(r"([0-9]+) written, ([0-9]+) already there", said)
+    assert counts and int(counts[1]) >= len(written) and int(counts[2]) > 0, said
+    assert reads_back(Client(project), written)
 
 
 def test_down_v_leaves_nothing_behind(project, cluster):
