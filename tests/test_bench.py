@@ -278,10 +278,26 @@ def test_the_profiler_names_where_a_worker_spends_its_time(tmp_path):
 def test_a_short_overload_run_reports_both_edges(monkeypatch, capsys):
     from bench import overload
 
-    monkeypatch.setenv("BENCH_OVERLOAD_CONNECTIONS", "64")
-    monkeypatch.setenv("BENCH_OVERLOAD_SECONDS", "2")
+    monkeypatch.setenv("BENCH_OVERLOAD_CONNECTIONS", "128")
+    monkeypatch.setenv("BENCH_OVERLOAD_SECONDS", "3")
     monkeypatch.setenv("BENCH_OVERLOAD_ROUNDS", "1")
     assert overload.main() == 0
     out = capsys.readouterr().out
-    assert "| 64 | shipped |" in out and "| 64 | no shedding |" in out
+    rows = {
+        tuple(cells[:3]): [float(x) for x in cells[3:]]
+        for line in out.splitlines()
+        if line.startswith("| at-once") or line.startswith("| retry-after")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {
+        (clients, "128", edge)
+        for clients in ("at-once", "retry-after")
+        for edge in ("shipped", "no shedding")
+    }
+    # 128 connections, 32 let through: the shipped edge sheds, the other never does.
+    assert rows[("at-once", "128", "shipped")][1] > 0
+    assert rows[("at-once", "128", "no shedding")][1] == 0
+    # Clients that wait a 503's Retry-After (1 s) before sending again: each connection is
+    # shed at most about once a second (a thread's waits may go to another connection of it).
+    assert rows[("retry-after", "128", "shipped")][1] <= 2 * 128
     assert "workers killed for a timeout" in out
