@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from native.make_run import MakeRun, make_run_env
 from native.settings import StackConfig
 from tests.helpers import edge_session
 
@@ -24,12 +25,27 @@ def post(url: str) -> requests.Response:
         return session.post(f"{url}/messages", json=body, timeout=30)
 
 
+# Two requests at the app at once, one worker: a burst of 48 cannot all be taken.
+SMALL = {"EDGE_APP_MAX_CONNS": "2", "WEB_CONCURRENCY": "1"}
+
+
 @pytest.mark.stack
 def test_past_its_limit_the_edge_sheds_with_a_json_503_and_recovers(stack_factory):
-    # Two requests at the app at once, one worker: a burst of 48 cannot all be taken.
-    stack = stack_factory(EDGE_APP_MAX_CONNS="2", WEB_CONCURRENCY="1")
+    assert_shed_and_recovered(stack_factory(**SMALL).url)
+
+
+@pytest.mark.stack
+def test_make_run_sheds_the_same_way(tmp_path):
+    run = MakeRun(state_dir=tmp_path / "state", env=make_run_env(tmp_path / "state", **SMALL))
+    try:
+        assert_shed_and_recovered(run.start().url)
+    finally:
+        run.kill()
+
+
+def assert_shed_and_recovered(url: str) -> None:
     with ThreadPoolExecutor(BURST) as pool:
-        answers = list(pool.map(lambda _: post(stack.url), range(BURST)))
+        answers = list(pool.map(lambda _: post(url), range(BURST)))
     statuses = sorted({r.status_code for r in answers})
     shed = [r for r in answers if r.status_code == 503]
     assert statuses == [201, 503], statuses  # no 502, no 504: shed or served
@@ -40,7 +56,7 @@ def test_past_its_limit_the_edge_sheds_with_a_json_503_and_recovers(stack_factor
         assert r.headers["Content-Type"] == "application/json"
     # Served ones carry no Retry-After; and once the burst is over, everything is served.
     assert all("Retry-After" not in r.headers for r in answers if r.status_code == 201)
-    assert [post(stack.url).status_code for _ in range(10)] == [201] * 10
+    assert [post(url).status_code for _ in range(10)] == [201] * 10
 
 
 @pytest.mark.stack
