@@ -4,7 +4,8 @@
 `make run` starts it (supervisor, monitoring, defaults; traces exported to a local OTLP sink
 at the shipped sampling), against the reference app at its best gunicorn model (swept) behind
 the same nginx, alternating, for POST, GET of one stored digest again and again (hot), GET of
-stored digests each asked for once (cold) and GET of unknown ones (miss); medians over
+stored digests each asked for once (cold), GET of unknown ones (miss) and GET of one unknown
+digest from every connection (miss1, clients polling for a message not yet there); medians over
 repetitions, the ratio ours/reference, and for hot a bare nginx with the same TLS answering
 the same body (with the edge's access logs, and without). With --soak-minutes: make run's
 workers' memory over a long mixed load.

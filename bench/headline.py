@@ -17,7 +17,7 @@ from bench.shipped import ShippedTarget, start_shipped
 from bench.targets import DIRECT, EDGE, ServerConfig, Target, start
 from bench.traces import SpanTally
 
-SCENARIOS = ("post", "hot", "cold", "miss")
+SCENARIOS = ("post", "hot", "cold", "miss", "miss1")
 EXPORT_WAIT = 6  # seconds: the app's batch span processor exports every 5 s
 CHECKED = 5  # stored digests of each kind read back through the API
 

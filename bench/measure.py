@@ -18,7 +18,15 @@ from native.settings import ROOT
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "api.lua"
 MIB = 1024 * 1024
 # What each scenario's requests should answer; anything else makes the run invalid.
-EXPECTED_STATUS = {"post": 201, "hit": 200, "hot": 200, "cold": 200, "miss": 404, "plain": 200}
+EXPECTED_STATUS = {
+    "post": 201,
+    "hit": 200,
+    "hot": 200,
+    "cold": 200,
+    "miss": 404,
+    "miss1": 404,
+    "plain": 200,
+}
 # (part, pid) -> CPU seconds (user + system) the process has used so far.
 CpuTimes = dict[tuple[str, int], float]
 
@@ -142,7 +150,7 @@ def measure(
     inputs: Inputs,
     run_id: str,
 ) -> Result:
-    """Warm up, then measure one scenario (post, hit, hot, cold, miss or plain)."""
+    """Warm up, then measure one scenario (post, hit, hot, cold, miss, miss1 or plain)."""
     url = target.url(via)
     if scenario == "plain":
         url += "/edge-healthz"  # nginx answers itself: the TLS edge's ceiling

@@ -107,8 +107,7 @@ class Target:
 
 def _reference_app(proc: Process) -> Process:
     """Swap the service's gunicorn for the reference app's, on the same address and Redis;
-    its nginx is the same but for the message cache, which is the service's own work (and
-    whose lock would only hold up the reference's concurrent reads, which it never stores)."""
+    its nginx is the same but for the message cache, which is the service's own work."""
     if proc.name == "nginx":
         conf = Path(proc.argv[proc.argv.index("-c") + 1])
         text = conf.read_text()

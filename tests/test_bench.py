@@ -148,6 +148,14 @@ def test_miss_asks_for_unknown_digests(seeded):
     assert not set(asked) & ({seeded.hot} | set(seeded.hit) | set(seeded.cold))
 
 
+def test_miss1_asks_every_connection_for_one_unknown_digest(seeded):
+    result, lines = seeded.measure("miss1")
+    assert result.valid and result.requests > 10, result  # valid: every answer a 404
+    assert all(line["status"] == 404 for line in answered(lines))
+    (asked,) = set(digests_asked(lines))
+    assert asked not in {seeded.hot, *seeded.hit, *seeded.cold}
+
+
 def statements(path: Path, directive: str) -> set[str]:
     """A template's statements of one directive (comments and layout left out)."""
     text = " ".join(line.split(" #")[0].strip() for line in path.read_text().splitlines())
@@ -224,7 +232,8 @@ def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp
     out, results = bench(tmp_path, short)
     document = json.loads(results.read_text())
     assert document["mode"] == "shipped" and document["ours_server"].startswith("make run (")
-    assert {row["scenario"] for row in document["comparison"]} == {"post", "hot", "cold", "miss"}
+    scenarios = {row["scenario"] for row in document["comparison"]}
+    assert scenarios == {"post", "hot", "cold", "miss", "miss1"}
     assert_compared(document)
     ceilings = [row["ceiling"] for row in document["ceiling"]]
     assert ceilings == ["nginx, the edge's access logs", "nginx, no log"]

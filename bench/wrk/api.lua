@@ -2,8 +2,9 @@
 --   mode:    post (a new message each request), hit (GETs of stored digests, in turn, from
 --            the file given next), hot (GETs of one stored digest: the file's first line),
 --            cold (GETs of stored digests, each once: the file's lines, split between wrk's
---            threads), miss (GETs of random unknown digests), mix (post, hit and miss in
---            turn), plain (GET of the URL's own path)
+--            threads), miss (GETs of random unknown digests), miss1 (GETs of one unknown
+--            digest from every connection: clients polling for a message not yet there),
+--            mix (post, hit and miss in turn), plain (GET of the URL's own path)
 --   file:    for hit, hot, cold and mix, a file with one digest per line
 --   run id:  makes the posted messages of each run new
 --   threads: wrk's --threads (cold: thread k of n takes lines k, k + n, ...); default 1
@@ -81,6 +82,8 @@ function request()
     return wrk.format("GET", "/messages/" .. digest)
   elseif m == "miss" then
     return wrk.format("GET", "/messages/" .. unknown_digest())
+  elseif m == "miss1" then
+    return wrk.format("GET", "/messages/" .. string.rep("d1ce57ed", 8))
   end
   return wrk.format()
 end
