@@ -107,10 +107,7 @@ def write_metrics(textfile: Path, name: str, restarts: int, given_up: bool) -> N
         "# TYPE supervisor_component_given_up gauge\n"
         f"supervisor_component_given_up{label} {int(given_up)}\n"
     )
-    final = textfile / f"supervisor-{name}.prom"
-    partial = final.with_suffix(".prom.tmp")
-    partial.write_text(text)
-    partial.rename(final)
+    write_textfile(textfile / f"supervisor-{name}.prom", text)
 
 
 def write_reload_metric(textfile: Path, name: str, refused: bool) -> None:
@@ -122,7 +119,11 @@ def write_reload_metric(textfile: Path, name: str, refused: bool) -> None:
         "# TYPE supervisor_component_reload_refused gauge\n"
         f'supervisor_component_reload_refused{{component="{name}"}} {int(refused)}\n'
     )
-    final = textfile / f"reload-{name}.prom"
+    write_textfile(textfile / f"reload-{name}.prom", text)
+
+
+def write_textfile(final: Path, text: str) -> None:
+    """Written whole under another name, then renamed: the node exporter never reads half."""
     partial = final.with_suffix(".prom.tmp")
     partial.write_text(text)
     partial.rename(final)

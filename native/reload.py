@@ -72,18 +72,18 @@ def last_lines(text: str) -> str:
     return "\n".join(f"    {line}" for line in lines[-REASON_LINES:])
 
 
+def run_check(argv: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+    """A checking tool run from the repository, its output kept, for at most CHECK_TIMEOUT."""
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHECK_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+
+
 def check(label: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run a checking tool; Refused with the end of its output if it says no."""
     try:
-        done = subprocess.run(
-            argv,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHECK_TIMEOUT,
-            check=False,
-        )
+        done = run_check(argv, env)
     except subprocess.TimeoutExpired:
         raise Refused(f"{label} did not finish within {CHECK_TIMEOUT} s") from None
     if done.returncode != 0:
@@ -140,15 +140,7 @@ def master_modules(env: dict[str, str]) -> list[Path]:
         "files = [getattr(m, '__file__', None) for m in list(sys.modules.values())]\n"
         f"print(json.dumps([f for f in files if f and f.startswith({str(ROOT)!r})]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHECK_TIMEOUT,
-        check=False,
-    )
+    done = run_check([sys.executable, "-c", program], env)
     if done.returncode != 0:
         raise Refused(f"{GUNICORN_CONFIG} fails to run:\n{last_lines(done.stderr)}")
     return [Path(f) for f in json.loads(done.stdout.splitlines()[-1])]
