@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"reference at {NO_SWEEP_REFERENCE.label}, not swept",
     )
     p.add_argument("--reference", help="the reference's model, e.g. 'gthread 2x4'; no sweep")
+    p.add_argument("--peer", help="shipped: the instrumented peer's model; no sweep")
     p.add_argument("--soak-minutes", type=float, default=0, help="also a long run for memory")
     p.add_argument(
         "--cold-rate",
@@ -114,6 +115,22 @@ def reference_model(bench: Bench, document: dict) -> ServerConfig:
         reference, document["reference_sweep"] = bench.sweep("reference", REFERENCE_CANDIDATES)
     document["reference_server"] = reference.label
     return reference
+
+
+def peer_model(bench: Bench, document: dict) -> ServerConfig:
+    """--peer, or the default with --no-sweep, or the best of the sweep: the instrumented
+    peer is measured at its best too, over the reference's candidates."""
+    args = bench.args
+    if args.peer:
+        peer = ServerConfig.parse(args.peer)
+    elif args.no_sweep:
+        peer = NO_SWEEP_REFERENCE
+    else:
+        print("sweep: the instrumented peer's gunicorn models", flush=True)
+        bench.phase = "sweep"
+        peer, document["peer_sweep"] = bench.sweep("peer", REFERENCE_CANDIDATES)
+    document["peer_server"] = peer.label
+    return peer
 
 
 def harness(bench: Bench, document: dict) -> None:
@@ -161,20 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shipped = args.mode == "shipped"
     sink = start_receiver(keep=shipped)  # shipped: spans kept to tell server spans apart
+    peer_sink = start_receiver(keep=False)
     document: dict = {
         "mode": args.mode,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        bench = Bench(args, Path(scratch), sink)
+        bench = Bench(args, Path(scratch), sink, peer_sink)
         try:
             if shipped:
-                headline.shipped(bench, document, reference_model(bench, document))
+                models = reference_model(bench, document), peer_model(bench, document)
+                headline.shipped(bench, document, *models)
             else:
                 harness(bench, document)
         finally:
             sink.close()
+            peer_sink.close()
     comparison_runs = [r for r in bench.results if r.phase == "comparison"]
     rows = report.medians(comparison_runs)
     document.update(medians=rows, runs=[r.to_json() for r in bench.results])

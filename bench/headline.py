@@ -119,34 +119,66 @@ def trace_totals(results: list[Result]) -> dict:
     }
 
 
-def shipped(bench: Bench, document: dict, reference: ServerConfig) -> None:
-    """--mode shipped: make run, the reference and the ceiling, side by side; then the soak."""
+def peer_signals(results: list[Result], spans: int, peer: Target) -> dict:
+    """What the instrumented peer's signals recorded over its comparison runs: spans, the
+    requests its metrics counted, the JSON lines it logged (proof that each signal was on)."""
+    mine = [r for r in results if r.target == "peer" and r.phase == "comparison"]
+    sent = sum(r.requests + r.warmup_requests for r in mine)
+    log = (peer.stack.log_dir / "app.log").read_text(errors="replace").splitlines()
+    metrics = requests.get(f"http://127.0.0.1:{peer.peer_metrics_port}/metrics", timeout=10).text
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("flask_http_request_total{")
+    )
+    return {
+        "requests": sent,
+        "spans": spans,
+        "requests_counted_by_metrics": int(counted),
+        "json_access_lines": sum(1 for line in log if line.startswith('{"message": "request"')),
+    }
+
+
+def shipped(bench: Bench, document: dict, reference: ServerConfig, peer: ServerConfig) -> None:
+    """--mode shipped: make run, the reference, the instrumented peer and the ceiling, side by
+    side; then the soak."""
     args = bench.args
     bench.phase = "comparison"
     cold = cold_messages(Digests.needed(args.cold_rate, args.seconds, args.warmup, args.reps))
     document["cold_messages_stored"] = len(cold)
     running: list = []
     try:
-        print("starting make run as shipped, the reference app and the ceiling", flush=True)
+        print("starting make run as shipped, the reference, the peer and the ceiling", flush=True)
         ours = start_shipped(bench.scratch("make-run"), bench.sink.endpoint)
         running.append(ours)
         document["ours_server"] = ours.label
         ref = start("reference", reference, bench.scratch("reference"), {})
         running.append(ref)
+        instrumented = start("peer", peer, bench.scratch("peer"), {}, bench.peer_sink.endpoint)
+        running.append(instrumented)
         answer = Answer.of(seed(bench, ours, cold))
-        if seed(bench, ref, cold).text != answer.body:
-            print("  note: the reference's GET body differs from make run's", flush=True)
+        for other in (ref, instrumented):
+            if seed(bench, other, cold).text != answer.body:
+                print(f"  note: the {other.name}'s GET body differs from make run's", flush=True)
         ceiling = start_ceiling(bench.scratch("ceiling"), answer)
         running.append(ceiling)
         for bare in ceiling.targets():
             bench.inputs[bare.name] = bench.inputs[ours.name]  # the hot digest's path
-        print(f"comparison: {ours.label} and reference ({reference.label})", flush=True)
-        comparison = Comparison(bench, ours, [ref])
+        print(
+            f"comparison: {ours.label}, reference ({reference.label}), peer ({peer.label})",
+            flush=True,
+        )
+        peer_spans = bench.peer_sink.count
+        comparison = Comparison(bench, ours, [ref, instrumented])
         comparison.repetitions(ceiling)
         document["make_run_idle_cpu_cores"] = comparison.idle_share()
         document["trace_totals"] = trace_totals(bench.results)
+        time.sleep(EXPORT_WAIT)  # the peer's last spans
+        document["peer_signals"] = peer_signals(
+            bench.results, bench.peer_sink.count - peer_spans, instrumented
+        )
         if args.soak_minutes:
-            for other in (ceiling, ref):
+            for other in (ceiling, ref, instrumented):
                 other.stop()
                 running.remove(other)
             document["soak"] = soak(bench, ours, comparison.tally)

@@ -1,4 +1,5 @@
-"""The reference app's gunicorn settings; the benchmark tries several to find its best."""
+"""The reference app's and the instrumented peer's gunicorn settings; the benchmark tries
+several models to find each one's best."""
 
 import os
 
@@ -11,3 +12,15 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1")) if worker_class == "gthread" else 1
 keepalive = 75  # as the service's: nginx keeps upstream connections open (gthread only)
 accesslog = None
+control_socket_disable = True  # as the service's: none under $HOME, shared by every gunicorn
+
+if os.environ.get("PEER_METRICS_PORT"):  # the peer: prometheus-flask-exporter's two hooks
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    def when_ready(server):
+        GunicornPrometheusMetrics.start_http_server_when_ready(
+            int(os.environ["PEER_METRICS_PORT"]), host="127.0.0.1"
+        )
+
+    def child_exit(server, worker):
+        GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

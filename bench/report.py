@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from bench import objectives
 from bench.measure import Result
 
 # The columns of ours in a --mode harness run's tables.
@@ -93,35 +94,39 @@ def write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+BARS = (
+    ("ours", "ours (instrumented)"),
+    ("reference", "reference (uninstrumented)"),
+    ("peer", "peer (instrumented by the libraries' docs)"),
+)
+
+
 def plot(path: Path, comparison: list[dict], title: str) -> None:
-    """Throughput and p99 latency of ours and the reference, by way in and scenario."""
+    """Throughput and p99 latency of ours, the reference and (if measured) the instrumented
+    peer, by way in and scenario."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen here
     import matplotlib.pyplot as plt
 
     labels = [f"{r['via']}\n{r['scenario']}" for r in comparison]
-    x = range(len(comparison))
-    width = 0.38
+    bars = [(name, label) for name, label in BARS if f"{name}_rps" in comparison[0]]
+    width = 0.8 / len(bars)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for axis, key, unit in ((top, "rps", "requests/s"), (bottom, "p99_ms", "p99 latency (ms)")):
-        axis.bar(
-            [i - width / 2 for i in x],
-            [r[f"ours_{key}"] for r in comparison],
-            width,
-            label="ours (instrumented)",
-        )
-        axis.bar(
-            [i + width / 2 for i in x],
-            [r[f"reference_{key}"] for r in comparison],
-            width,
-            label="reference (uninstrumented)",
-        )
+        for n, (name, label) in enumerate(bars):
+            offset = (n - (len(bars) - 1) / 2) * width
+            axis.bar(
+                [i + offset for i in range(len(comparison))],
+                [r[f"{name}_{key}"] for r in comparison],
+                width,
+                label=label,
+            )
         axis.set_ylabel(unit)
         axis.grid(axis="y", alpha=0.3)
     top.legend()
     top.set_title(title)
-    bottom.set_xticks(list(x), labels)
+    bottom.set_xticks(list(range(len(comparison))), labels)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -129,29 +134,36 @@ def plot(path: Path, comparison: list[dict], title: str) -> None:
 
 
 def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
-    """--mode shipped: make run against the reference per scenario, the ceiling, the CPU per
-    request by part, and the traces exported."""
+    """--mode shipped: make run against the reference and the instrumented peer per scenario,
+    the ceiling, the targets, the CPU per request by part, and the traces exported."""
     by = {(r["target"], r["scenario"]): r for r in rows}
     comparison = []
     for (target, scenario), ours in by.items():
         ref = by.get(("reference", scenario))
         if target != "ours" or ref is None:
             continue
-        comparison.append(
-            {
-                "via": ours["via"],
-                "scenario": scenario,
-                "ours_rps": ours["rps"],
-                "reference_rps": ref["rps"],
-                "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
-                "ours_p50_ms": ours["p50_ms"],
-                "reference_p50_ms": ref["p50_ms"],
-                "ours_p99_ms": ours["p99_ms"],
-                "reference_p99_ms": ref["p99_ms"],
-                "ours_cpu_us": ours["total_cpu_us"],
-                "reference_cpu_us": ref["total_cpu_us"],
+        row = {
+            "via": ours["via"],
+            "scenario": scenario,
+            "ours_rps": ours["rps"],
+            "reference_rps": ref["rps"],
+            "throughput_ratio": round(ours["rps"] / ref["rps"], 3) if ref["rps"] else None,
+            "ours_p50_ms": ours["p50_ms"],
+            "reference_p50_ms": ref["p50_ms"],
+            "ours_p99_ms": ours["p99_ms"],
+            "reference_p99_ms": ref["p99_ms"],
+            "ours_cpu_us": ours["total_cpu_us"],
+            "reference_cpu_us": ref["total_cpu_us"],
+        }
+        peer = by.get(("peer", scenario))
+        if peer is not None:
+            row |= {
+                "peer_rps": peer["rps"],
+                "ratio_to_peer": round(ours["rps"] / peer["rps"], 3) if peer["rps"] else None,
+                "peer_p99_ms": peer["p99_ms"],
+                "peer_cpu_us": peer["total_cpu_us"],
             }
-        )
+        comparison.append(row)
     ceiling = []
     hot = by.get(("ours", "hot"))
     for name in ("ceiling-log", "ceiling-nolog"):
@@ -170,8 +182,14 @@ def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
                 "ours_per_ceiling": per_ceiling,
             }
         )
-    tables = {"comparison": comparison, "ceiling": ceiling}
-    for target in ("ours", "reference"):
+    tables = {
+        "comparison": comparison,
+        "ceiling": ceiling,
+        "targets": objectives.check(rows),
+        "extra_cpu_over_reference": objectives.extra_cpu(rows, "reference"),
+        "extra_cpu_over_peer": objectives.extra_cpu(rows, "peer"),
+    }
+    for target in ("ours", "reference", "peer"):
         mine = [r for r in rows if r["target"] == target]
         cpu = [k for k in (mine[0] if mine else {}) if k.endswith("_cpu_us")]
         tables[f"cpu_{target}"] = [
@@ -208,13 +226,27 @@ def shipped_markdown(document: dict) -> str:
         "connections, through the TLS edge.",
         "",
     ]
-    out += section("ours / reference:", document["comparison"])
+    if "peer_server" in document:
+        out[0] = out[0].replace(
+            ", reference", f", instrumented peer `{document['peer_server']}`, reference"
+        )
+    out += section("ours / reference and the instrumented peer:", document["comparison"])
+    out += section("the targets (docs/performance.md):", document.get("targets", []))
     out += section(
         "GET hot against a bare nginx answering the same body (the ceiling):",
         document.get("ceiling", []),
     )
     out += section("make run, CPU µs per request by part:", document.get("cpu_ours", []))
     out += section("reference, CPU µs per request by part:", document.get("cpu_reference", []))
+    out += section("instrumented peer, CPU µs per request by part:", document.get("cpu_peer", []))
+    out += section(
+        "make run's CPU µs per request beyond the reference's, by part:",
+        document.get("extra_cpu_over_reference", []),
+    )
+    out += section(
+        "make run's CPU µs per request beyond the instrumented peer's, by part:",
+        document.get("extra_cpu_over_peer", []),
+    )
     out += section(
         "traces exported by make run (a traced request: one server span):",
         document.get("traces", []),
@@ -233,7 +265,16 @@ def shipped_markdown(document: dict) -> str:
             f"(traced share {t['traced_share']})",
             "",
         ]
+    if "peer_signals" in document:
+        s = document["peer_signals"]
+        out += [
+            f"the instrumented peer's signals over its runs: {s['requests']} requests sent, "
+            f"{s['requests_counted_by_metrics']} counted by its metrics, "
+            f"{s['json_access_lines']} JSON access lines, {s['spans']} spans exported",
+            "",
+        ]
     out += section("reference_sweep:", document.get("reference_sweep", []))
+    out += section("peer_sweep:", document.get("peer_sweep", []))
     if "soak" in document:
         out += section(f"soak ({document['soak']['minutes']} min):", document["soak"]["samples"])
     return "\n".join(out)

@@ -21,10 +21,13 @@ SOAK_SAMPLE_SECONDS = 30
 class Bench:
     """Starts targets in a scratch folder, seeds them and keeps every result."""
 
-    def __init__(self, args: argparse.Namespace, folder: Path, sink: Receiver) -> None:
+    def __init__(
+        self, args: argparse.Namespace, folder: Path, sink: Receiver, peer_sink: Receiver
+    ) -> None:
         self.args = args
         self.folder = folder
-        self.sink = sink
+        self.sink = sink  # ours' traces
+        self.peer_sink = peer_sink  # the instrumented peer's
         self.load = Load(threads=args.wrk_threads, connections=args.connections)
         self.inputs: dict[str, Inputs] = {}  # by target name
         self.results: list[Result] = []
@@ -40,7 +43,7 @@ class Bench:
         """Start a harness target and store the hit messages in it through its API."""
         env = env if env is not None else self.traced_env(name)
         folder = self.scratch(name)
-        target = start(name, server, folder, env)
+        target = start(name, server, folder, env, self.peer_sink.endpoint)
         try:
             self.inputs[name] = Digests(folder / "digests", seed(target, hit_messages()))
         except BaseException:

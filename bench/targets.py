@@ -4,6 +4,7 @@ own (Redis, gunicorn, nginx from the same config files as `make run`) on free po
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,17 @@ import redis
 import requests
 
 from bench.measure import CpuTimes, cpu_times, rss
-from native.harness import CERT, Stack, make_stack
+from native.configs import nginx_values, render_template
+from native.harness import CERT, Stack, free_port, make_stack
 from native.processes import Process
-from native.settings import ROOT
+from native.settings import ROOT, StackConfig
 
 DIRECT, EDGE = "direct", "edge"
 # The benchmark sends thousands of requests a second from one address.
 NO_RATE_LIMIT = {"RATE_LIMIT_RPS": "1000000", "RATE_LIMIT_BURST": "1000000"}
+PEER_NGINX_TEMPLATE = ROOT / "bench" / "nginx-peer.conf.template"
+# Beside this Python, whether or not the venv is on PATH.
+PEER_INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Target:
     server: ServerConfig
     stack: Stack
     parts: tuple[str, ...] = ("app", "nginx", "redis")
+    peer_metrics_port: int | None = None  # the peer's prometheus-flask-exporter
 
     @property
     def label(self) -> str:
@@ -117,25 +123,92 @@ def _reference_app(proc: Process) -> Process:
         return proc
     if proc.name != "app":
         return proc
+    return _gunicorn(proc, "bench.reference_app:app", {})
+
+
+def _gunicorn(proc: Process, app: str, env: dict[str, str], *wrapper: str) -> Process:
+    """The service's app process running another app under gunicorn, with the reference's
+    settings (bench/reference.gunicorn.conf.py), on the same address and Redis."""
     password = Path(proc.env["REDIS_PASSWORD_FILE"]).read_text().strip()
     redis_url = proc.env["REDIS_URL"].replace("redis://", f"redis://:{password}@", 1)
     argv = [
+        *wrapper,
         *(sys.executable, "-m", "gunicorn"),
         *("--config", str(ROOT / "bench" / "reference.gunicorn.conf.py")),
         *("--chdir", str(ROOT)),
-        "bench.reference_app:app",
+        app,
     ]
-    env = {**proc.env, "REFERENCE_REDIS_URL": redis_url}
+    env = {**proc.env, "REFERENCE_REDIS_URL": redis_url, **env}
     return dataclasses.replace(proc, argv=argv, env=env, ready_path=None)
 
 
-def start(name: str, server: ServerConfig, folder: Path, env: dict[str, str]) -> Target:
-    """Start the service ("ours") or the reference app with the given process model."""
+class _Peer:
+    """Swaps in the instrumented peer (bench/peer_app.py) under `opentelemetry-instrument`,
+    exporting its traces to sink, behind nginx as its author would write it
+    (bench/nginx-peer.conf.template)."""
+
+    def __init__(self, folder: Path, sink: str) -> None:
+        self.folder = folder
+        self.sink = sink
+        self.app_address = ""
+        self.metrics_port = free_port()
+
+    def __call__(self, proc: Process) -> Process:
+        if proc.name == "app":
+            self.app_address = proc.env["APP_BIND"]
+            # "--": its own options would take gunicorn's --config for theirs
+            return _gunicorn(proc, "bench.peer_app:app", self.env(), PEER_INSTRUMENT, "--")
+        if proc.name == "nginx":
+            conf = self.nginx_conf(f"127.0.0.1:{proc.port}")
+            argv = ["nginx", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"]
+            return dataclasses.replace(proc, argv=argv)
+        return proc
+
+    def env(self) -> dict[str, str]:
+        """The settings its libraries' docs have a user set: the distro's SDK set-up exporting
+        traces only (metrics are prometheus-flask-exporter's, logs its access lines)."""
+        multiproc = self.folder / "prometheus-multiproc"
+        shutil.rmtree(multiproc, ignore_errors=True)
+        multiproc.mkdir(parents=True)
+        return {
+            "OTEL_SERVICE_NAME": "peer",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink,
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            "PEER_METRICS_PORT": str(self.metrics_port),
+        }
+
+    def nginx_conf(self, listen: str) -> Path:
+        """Its nginx.conf, in a prefix folder of its own."""
+        run_dir = self.folder / "peer-nginx"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        edge = nginx_values(StackConfig(state_dir=self.folder))  # the certificate, key, user
+        values = {
+            "LISTEN": listen,
+            "APP_ADDRESS": self.app_address,
+            "TLS_CERT": edge["TLS_CERT"],
+            "TLS_KEY": edge["TLS_KEY"],
+            "NGINX_RUN_DIR": str(run_dir),
+            "NGINX_USER": edge["NGINX_USER"],
+        }
+        return render_template(PEER_NGINX_TEMPLATE, values, run_dir / "nginx.conf")
+
+
+def start(
+    name: str, server: ServerConfig, folder: Path, env: dict[str, str], sink: str = ""
+) -> Target:
+    """Start the service ("ours"), the reference app or the instrumented peer (exporting its
+    traces to sink) with the given process model."""
     folder.mkdir(parents=True, exist_ok=True)
-    adjust = _reference_app if name == "reference" else None
+    peer = _Peer(folder, sink)
+    adjust = {"reference": _reference_app, "peer": peer}.get(name)
     stack = make_stack(folder, adjust=adjust, **NO_RATE_LIMIT, **server.env, **env)
     stack.start()
-    return Target(name=name, server=server, stack=stack)
+    port = peer.metrics_port if name == "peer" else None
+    return Target(name=name, server=server, stack=stack, peer_metrics_port=port)
 
 
 def seed(target: Target, messages: list[str]) -> list[str]:

@@ -227,7 +227,42 @@ def assert_compared(document: dict) -> None:
     assert all(run["valid"] for run in document["runs"])
 
 
-def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp_path):
+def assert_peer_compared(document: dict) -> None:
+    """The instrumented peer measured in each scenario, with every signal on: each request
+    counted by its metrics, logged as a JSON line, and traced (its server span and the span
+    of its one Redis command: the SDK's default sampler keeps every trace)."""
+    assert document["peer_server"] == "sync 5"  # --no-sweep
+    for row in document["comparison"]:
+        assert row["peer_rps"] > 0
+        assert row["ratio_to_peer"] == round(row["ours_rps"] / row["peer_rps"], 3)
+    signals = document["peer_signals"]
+    assert signals["requests"] > 0
+    # and a few more: the reads that checked the stored messages before the runs
+    assert signals["requests"] <= signals["requests_counted_by_metrics"] < signals["requests"] + 50
+    assert signals["json_access_lines"] == signals["requests_counted_by_metrics"]
+    assert signals["spans"] == 2 * signals["requests_counted_by_metrics"]
+
+
+def assert_targets_reported(document: dict) -> None:
+    """Every target stated beside what was measured, whether met or not."""
+    rows = document["targets"]
+    assert {(r["scenario"], r["measure"]) for r in rows} == {
+        *((s, f"throughput, ours / {o}") for s in APP for o in ("reference", "peer")),
+        ("hot", "throughput, ours / reference"),
+        ("hot", "throughput, ours / ceiling-nolog"),
+        *((s, f"p99, ours / {o}") for s in (*APP, "hot") for o in ("reference", "peer")),
+    }
+    for r in rows:
+        assert r["ratio"] == round(r["ours"] / r["theirs"], 3)
+        bound = float(r["bound"].split()[1])
+        met = r["ratio"] >= bound if r["bound"].startswith(">=") else r["ratio"] <= bound
+        assert r["met"] == ("yes" if met else "NO"), r
+
+
+APP = ("post", "cold", "miss", "miss1")
+
+
+def test_a_short_shipped_run_measures_make_run_the_reference_the_peer_and_the_ceiling(tmp_path):
     short = "--no-sweep --seconds 1 --warmup 0 --reps 1 --connections 4 --cold-rate 10000"
     out, results = bench(tmp_path, short)
     document = json.loads(results.read_text())
@@ -246,6 +281,9 @@ def test_a_short_shipped_run_measures_make_run_the_reference_and_the_ceiling(tmp
             assert row["app_cpu_us"] > 0 and row["redis_cpu_us"] > 0
     columns = {"scenario", "rps", "app_cpu_us", "nginx_cpu_us", "redis_cpu_us", "total_cpu_us"}
     assert all(set(row) == columns for row in document["cpu_reference"])
+    assert all(set(row) == columns for row in document["cpu_peer"])
+    assert_peer_compared(document)
+    assert_targets_reported(document)
     totals = document["trace_totals"]  # traced as shipped (the default sampler)
     assert 0 < totals["server_spans"] < totals["requests"], totals
     traces = {row["scenario"]: row for row in document["traces"]}
