@@ -25,7 +25,7 @@ CHECKED = 5  # stored digests of each kind read back through the API
 def seed(bench: Bench, target: ShippedTarget | Target, cold: list[str]) -> requests.Response:
     """Store the hit, hot and cold messages straight in the target's Redis, read a few back
     through its API, and keep its digests files. Returns the hot GET's answer through the edge
-    (the second: from the edge's cache, if it has one)."""
+    (the third: from the edge's cache, if it has one; it keeps a digest from its second read)."""
     started = time.monotonic()
     client = target.redis()
     hit = store(client, hit_messages())
@@ -38,7 +38,7 @@ def seed(bench: Bench, target: ShippedTarget | Target, cold: list[str]) -> reque
     ]
     # Straight to the app: through the edge these would be in its cache before their run.
     check_served(target.url(DIRECT), sample)
-    answer = check_served(target.url(EDGE), [(hot, HOT_MESSAGE)] * 2)
+    answer = check_served(target.url(EDGE), [(hot, HOT_MESSAGE)] * 3)
     bench.inputs[target.name] = Digests(
         bench.folder / f"digests-{target.name}", hit, hot, cold_digests, bench.args.cold_rate
     )
@@ -125,7 +125,11 @@ def peer_signals(results: list[Result], spans: int, peer: Target) -> dict:
     mine = [r for r in results if r.target == "peer" and r.phase == "comparison"]
     sent = sum(r.requests + r.warmup_requests for r in mine)
     log = (peer.stack.log_dir / "app.log").read_text(errors="replace").splitlines()
-    metrics = requests.get(f"http://127.0.0.1:{peer.peer_metrics_port}/metrics", timeout=10).text
+    try:
+        url = f"http://127.0.0.1:{peer.peer_metrics_port}/metrics"
+        metrics = requests.get(url, timeout=60).text
+    except requests.RequestException as e:  # reported, not the run's results lost
+        return {"requests": sent, "spans": spans, "error": str(e)}
     counted = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

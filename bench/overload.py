@@ -32,11 +32,11 @@ from pathlib import Path
 
 import requests
 
+from bench.targets import NO_RATE_LIMIT
 from native.harness import CERT, CORE, Stack, make_stack
 from native.settings import ROOT
 
 # One load generator is one client address: the per-client rate limit is lifted.
-NO_RATE_LIMIT = {"RATE_LIMIT_RPS": "1000000", "RATE_LIMIT_BURST": "1000000"}
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "overload.lua"
 UNLIMITED = "1000000"  # no load here reaches it: the old behaviour, every request queued
 

@@ -1,9 +1,10 @@
 """The instrumented peer: the reference app (bench/reference_app.py) with the signals a user
 would add the way each library's docs show. Metrics: prometheus-flask-exporter's
-GunicornPrometheusMetrics in multiprocess mode (its hooks in bench/reference.gunicorn.conf.py).
-Traces: none in this file; `opentelemetry-instrument` (opentelemetry-distro) instruments Flask
-and Redis from the environment, at the SDK's default sampler, exporting OTLP. Logs: one JSON
-access line per request through `logging` (python-json-logger), with the trace id."""
+GunicornPrometheusMetrics in multiprocess mode, by route (its gunicorn hooks are in
+bench/reference.gunicorn.conf.py). Traces: none in this file; `opentelemetry-instrument`
+(opentelemetry-distro) instruments Flask and Redis from the environment, at the SDK's default
+sampler, exporting OTLP. Logs: one JSON access line per request through `logging`
+(python-json-logger), with the trace id."""
 
 import logging
 import time
@@ -16,7 +17,9 @@ from pythonjsonlogger.json import JsonFormatter
 # The reference's app and routes, unchanged: the peer differs only by its signals.
 from bench.reference_app import app
 
-metrics = GunicornPrometheusMetrics(app)
+# By route, not by path (the library's default): one series per digest would grow without
+# bound, and make the peer slower than a user who read the docs to the end would have it.
+metrics = GunicornPrometheusMetrics(app, group_by="url_rule")
 
 access = logging.getLogger("access")
 _handler = logging.StreamHandler()

@@ -267,10 +267,15 @@ def shipped_markdown(document: dict) -> str:
         ]
     if "peer_signals" in document:
         s = document["peer_signals"]
+        counted = (
+            f"{s['requests_counted_by_metrics']} counted by its metrics, "
+            f"{s['json_access_lines']} JSON access lines"
+            if "error" not in s
+            else f"its metrics unread ({s['error']})"
+        )
         out += [
             f"the instrumented peer's signals over its runs: {s['requests']} requests sent, "
-            f"{s['requests_counted_by_metrics']} counted by its metrics, "
-            f"{s['json_access_lines']} JSON access lines, {s['spans']} spans exported",
+            f"{counted}, {s['spans']} spans exported",
             "",
         ]
     out += section("reference_sweep:", document.get("reference_sweep", []))

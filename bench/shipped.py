@@ -1,7 +1,8 @@
 """The service as shipped: `make run` with its defaults (supervisor, monitoring, worker model,
 sampling), started as a user starts it (native/make_run.py) on free ports with a state folder
 of its own. The only other changes: traces go to the benchmark's OTLP sink, and the
-per-client rate limit is lifted (one load generator is one address)."""
+per-client rate limit and the edge's limit on connections to the app are lifted
+(bench/targets.py LOAD_TEST_LIMITS)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import redis
 
 from bench.measure import CpuTimes, cpu_times, rss
 from bench.supervision import PARTS, kind_of
-from bench.targets import EDGE, NO_RATE_LIMIT, ServerConfig
+from bench.targets import EDGE, LOAD_TEST_LIMITS, ServerConfig
 from native.make_run import MakeRun, make_run_env
 from service.config import ServerSettings, default_workers
 
@@ -108,7 +109,7 @@ class ShippedTarget:
 def start_shipped(folder: Path, otlp_endpoint: str) -> ShippedTarget:
     """make run, waited for until its edge says ready."""
     state = folder / "state"
-    env = make_run_env(state, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, **NO_RATE_LIMIT)
+    env = make_run_env(state, OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint, **LOAD_TEST_LIMITS)
     run = MakeRun(state_dir=state, env=env)
     try:
         run.start()

@@ -28,15 +28,17 @@ KINDS = (
     ("log writers", ("s6-log", "sed", "run")),
     ("nginx", ("nginx",)),
     ("redis", ("redis-server",)),
+    ("mtail", ("mtail",)),  # apart from the rest of monitoring: it reads a line per request
 )
 SUPERVISOR_MODULES = ("native.run", "native.finish")
 APP_MODULES = ("service.serve", "gunicorn")
-PARTS = ("supervisor", "log writers", "app", "nginx", "redis", "monitoring")
+PARTS = ("supervisor", "log writers", "app", "nginx", "redis", "mtail", "monitoring")
 
 
 def kind_from(name: str, cmdline: list[str]) -> str:
-    """supervisor, log writers, app, nginx, redis, or monitoring, from a process's name (as
-    psutil gives it) and command line. Exact names: prometheus-nginx-exporter is monitoring."""
+    """supervisor, log writers, app, nginx, redis, mtail or (the rest of) monitoring, from a
+    process's name (as psutil gives it) and command line. Exact names:
+    prometheus-nginx-exporter is monitoring."""
     for kind, names in KINDS:
         if name in names:
             return kind

@@ -205,6 +205,7 @@ def test_processes_of_make_run_are_sorted_by_their_programs_name():
     assert kind_from("python", ["/x/python", "-m", "service.serve", "--chdir", "/x"]) == "app"
     assert kind_from("nginx", ["nginx: worker process"]) == "nginx"
     assert kind_from("prometheus-nginx-exporter", ["prometheus-nginx-exporter"]) == "monitoring"
+    assert kind_from("mtail", ["mtail", "--progs", "monitoring/mtail"]) == "mtail"
     assert kind_from("redis-server", ["redis-server 127.0.0.1:1"]) == "redis"
     assert kind_from("prometheus-redis-exporter", ["-redis.addr"]) == "monitoring"
 
@@ -275,7 +276,12 @@ def test_a_short_shipped_run_measures_make_run_the_reference_the_peer_and_the_ce
     assert all(row["ours_per_ceiling"] > 0 for row in document["ceiling"])
     assert document["cold_messages_stored"] == 10_000  # one cold run's slice: 1 s at 10,000/s
     for row in document["cpu_ours"]:
-        assert {"supervisor_cpu_us", "log_writers_cpu_us", "monitoring_cpu_us"} <= set(row)
+        assert {
+            "supervisor_cpu_us",
+            "log_writers_cpu_us",
+            "mtail_cpu_us",
+            "monitoring_cpu_us",
+        } <= set(row)
         assert row["nginx_cpu_us"] > 0
         if row["scenario"] != "hot":  # hot: answered from the edge's cache
             assert row["app_cpu_us"] > 0 and row["redis_cpu_us"] > 0
