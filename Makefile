@@ -52,7 +52,7 @@ load: deps ## Realistic traffic against a running `make run` (reads, writes, 404
 	wrk --threads 1 --connections 4 --duration $(LOAD_DURATION) --script loadgen/traffic.lua \
 	  https://localhost:$(EDGE_PORT) -- $(LOAD_PAUSE_MS)
 
-bench: deps ## make run as shipped against a minimal uninstrumented app, side by side (--mode harness: sweeps; docs/performance.md)
+bench: deps ## make run as shipped against a minimal uninstrumented app and the same app instrumented the usual way, side by side (docs/performance.md)
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-signals: deps ## What each observability signal costs per request, in one process

@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     report.plot(
         args.out / f"bench-{stamp}.png",
         comparison,
-        f"ours ({document['ours_server']}) vs reference ({document['reference_server']}), "
-        f"medians of {args.reps}",
+        f"ours ({document['ours_server']}) vs reference ({document['reference_server']})"
+        + (f" and peer ({document['peer_server']})" if "peer_server" in document else "")
+        + f", medians of {args.reps}",
     )
     print()
     print(report.markdown(document))
