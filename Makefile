@@ -70,7 +70,7 @@ bench-rules: deps ## Rule evaluation cost, HEAD's rules vs the working tree's, o
 profile: deps ## Where a worker's time goes under load: py-spy flame graph in bench/results/
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
-lint: deps ## ruff, mypy (strict: service/, native/), hadolint, shellcheck, the compose schema
+lint: deps ## ruff, mypy (strict: service/, native/, bench/), hadolint, shellcheck, the compose schema
 	ruff check .
 	ruff format --check .
 	mypy

@@ -26,6 +26,7 @@ import argparse
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import headline, report
 from bench.runner import Bench
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def reference_model(bench: Bench, document: dict) -> ServerConfig:
+def reference_model(bench: Bench, document: dict[str, Any]) -> ServerConfig:
     """--reference, or the default with --no-sweep, or the best of the sweep."""
     args = bench.args
     if args.reference:
@@ -117,7 +118,7 @@ def reference_model(bench: Bench, document: dict) -> ServerConfig:
     return reference
 
 
-def peer_model(bench: Bench, document: dict) -> ServerConfig:
+def peer_model(bench: Bench, document: dict[str, Any]) -> ServerConfig:
     """--peer, or the default with --no-sweep, or the best of the sweep: the instrumented
     peer is measured at its best too, over the reference's candidates."""
     args = bench.args
@@ -133,7 +134,7 @@ def peer_model(bench: Bench, document: dict) -> ServerConfig:
     return peer
 
 
-def harness(bench: Bench, document: dict) -> None:
+def harness(bench: Bench, document: dict[str, Any]) -> None:
     """--mode harness: sweeps, then both apps in harness stacks, every scenario, both ways in."""
     args = bench.args
     # "best" without the scaling sweep: as shipped
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = args.mode == "shipped"
     sink = start_receiver(keep=shipped)  # shipped: spans kept to tell server spans apart
     peer_sink = start_receiver(keep=False)
-    document: dict = {
+    document: dict[str, Any] = {
         "mode": args.mode,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {k: str(v) for k, v in vars(args).items()},

@@ -47,6 +47,7 @@ class Ceiling:
 
     def processes(self) -> list[psutil.Process]:
         """nginx's master and workers."""
+        assert self.executor.process is not None
         top = psutil.Process(self.executor.process.pid)
         return [top, *top.children(recursive=True)]
 

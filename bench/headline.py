@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import requests
 
@@ -105,7 +106,7 @@ class Comparison:
         return round(self.idle["cpu_seconds"] / max(self.idle["seconds"], 1e-9), 4)
 
 
-def trace_totals(results: list[Result]) -> dict:
+def trace_totals(results: list[Result]) -> dict[str, float | None]:
     """Spans and server spans over all of make run's runs, and the share of requests traced."""
     ours = [r for r in results if r.target == "ours" and r.spans is not None]
     sent = sum(r.requests + r.warmup_requests for r in ours)
@@ -119,7 +120,7 @@ def trace_totals(results: list[Result]) -> dict:
     }
 
 
-def peer_signals(results: list[Result], spans: int, peer: Target) -> dict:
+def peer_signals(results: list[Result], spans: int, peer: Target) -> dict[str, int | str]:
     """What the instrumented peer's signals recorded over its comparison runs: spans, the
     requests its metrics counted, the JSON lines it logged (proof that each signal was on)."""
     mine = [r for r in results if r.target == "peer" and r.phase == "comparison"]
@@ -143,14 +144,16 @@ def peer_signals(results: list[Result], spans: int, peer: Target) -> dict:
     }
 
 
-def shipped(bench: Bench, document: dict, reference: ServerConfig, peer: ServerConfig) -> None:
+def shipped(
+    bench: Bench, document: dict[str, Any], reference: ServerConfig, peer: ServerConfig
+) -> None:
     """--mode shipped: make run, the reference, the instrumented peer and the ceiling, side by
     side; then the soak."""
     args = bench.args
     bench.phase = "comparison"
     cold = cold_messages(Digests.needed(args.cold_rate, args.seconds, args.warmup, args.reps))
     document["cold_messages_stored"] = len(cold)
-    running: list = []
+    running: list[ShippedTarget | Target | Ceiling] = []
     try:
         print("starting make run as shipped, the reference, the peer and the ceiling", flush=True)
         ours = start_shipped(bench.scratch("make-run"), bench.sink.endpoint)
@@ -161,6 +164,7 @@ def shipped(bench: Bench, document: dict, reference: ServerConfig, peer: ServerC
         instrumented = start("peer", peer, bench.scratch("peer"), {}, bench.peer_sink.endpoint)
         running.append(instrumented)
         answer = Answer.of(seed(bench, ours, cold))
+        other: Target | Ceiling  # make run's others here; in the soak, the ceiling too
         for other in (ref, instrumented):
             if seed(bench, other, cold).text != answer.body:
                 print(f"  note: the {other.name}'s GET body differs from make run's", flush=True)
@@ -191,14 +195,14 @@ def shipped(bench: Bench, document: dict, reference: ServerConfig, peer: ServerC
             part.stop()
 
 
-def soak(bench: Bench, ours: ShippedTarget, tally: SpanTally) -> dict:
+def soak(bench: Bench, ours: ShippedTarget, tally: SpanTally) -> dict[str, object]:
     """make run under mixed load; its gunicorn workers' memory every 30 s."""
     minutes = bench.args.soak_minutes
     print(f"soak: {minutes} minutes of mixed load on make run", flush=True)
     tally.take()
     spans = [0, 0]
 
-    def sample() -> dict:
+    def sample() -> dict[str, float | list[float]]:
         got = tally.take()  # and forget them: a long soak must not keep every span
         spans[0] += got[0]
         spans[1] += got[1]

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import psutil
 
@@ -103,12 +103,12 @@ class Result:
             "traced_share": round(self.server_spans / sent, 4),
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         """A plain dict for the results file."""
         return {**asdict(self), "valid": self.valid, **self.traces()}
 
 
-def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict:
+def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict[str, int]:
     """wrk's summary of one run (see bench/wrk/api.lua)."""
     argv = [
         "wrk",
@@ -123,7 +123,7 @@ def run_wrk(url: str, mode: str, seconds: float, load: Load, *args: str) -> dict
         *args,
     ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return cast("dict[str, int]", json.loads(out.strip().splitlines()[-1]))  # api.lua prints ints
 
 
 def wrk_args(inputs: Inputs, scenario: str, seconds: float, run_id: str, load: Load) -> list[str]:

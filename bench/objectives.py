@@ -5,6 +5,7 @@ bare nginx, each bound stated beside what was measured. Never a timed test: a re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # The scenarios served by the app (POST and the GETs it answers) and the edge's cache (hot).
 APP_SCENARIOS = ("post", "cold", "miss", "miss1")
@@ -37,7 +38,7 @@ def objectives(scenario: str) -> list[Objective]:
     return [*throughput, Objective("p99", "reference", 1), Objective("p99", "peer", 1)]
 
 
-def check(rows: list[dict]) -> list[dict]:
+def check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per objective whose targets were all measured: the ratio, the bound, met."""
     by = {(r["target"], r["scenario"]): r for r in rows}
     out = []
@@ -70,7 +71,7 @@ def check(rows: list[dict]) -> list[dict]:
     return out
 
 
-def extra_cpu(rows: list[dict], other: str) -> list[dict]:
+def extra_cpu(rows: list[dict[str, Any]], other: str) -> list[dict[str, Any]]:
     """Where ours' CPU per request goes beyond another's, by part: what each part costs."""
     by = {(r["target"], r["scenario"]): r for r in rows}
     out = []

@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -86,7 +87,9 @@ def recovery(stack: Stack, n: int = 20) -> tuple[float, float, set[str]]:
     return back * 1000, slowest * 1000, seen
 
 
-def one_run(stack: Stack, connections: int, clients: str, seconds: int, run_id: str) -> dict:
+def one_run(
+    stack: Stack, connections: int, clients: str, seconds: int, run_id: str
+) -> dict[str, Any]:
     time.sleep(1.5)  # nginx writes its log at least once a second: the last run's lines out
     before = len(stack.edge_lines())
     wrk(stack, connections, clients, seconds, run_id)
@@ -125,13 +128,12 @@ def main() -> int:
         for name, limit in limits.items():
             folder = Path(tmp) / name.replace(" ", "-")
             folder.mkdir()
-            stacks[name] = make_stack(
-                folder, CORE, WEB_CONCURRENCY="", EDGE_APP_MAX_CONNS=limit, **NO_RATE_LIMIT
-            )
+            limits = {"EDGE_APP_MAX_CONNS": limit, **NO_RATE_LIMIT}
+            stacks[name] = make_stack(folder, CORE, None, WEB_CONCURRENCY="", **limits)
         for stack in stacks.values():
             stack.start()
         try:
-            results: dict[tuple[str, str, int], list[dict]] = {}
+            results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             for r in range(rounds):
                 for clients in kinds:
                     for c in connections:
@@ -148,8 +150,8 @@ def main() -> int:
 
 
 def report(
-    results: dict, kinds: list[str], connections: list[int], timeouts: dict, seconds: int,
-    rounds: int,
+    results: dict[tuple[str, str, int], list[dict[str, Any]]], kinds: list[str],
+    connections: list[int], timeouts: dict[str, int], seconds: int, rounds: int,
 ) -> str:  # fmt: skip
     keys = ["served_per_s", "shed_per_s", "other", "served_p50_ms", "served_p99_ms",
             "back_to_serving_ms", "recovery_slowest_ms"]  # fmt: skip

@@ -3,9 +3,10 @@ metrics, traces or logs. The benchmark measures the service against it."""
 
 import hashlib
 import os
+from typing import cast
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 app = Flask(__name__)
 # Gunicorn imports this module in each worker (no preload), so each has its own pool.
@@ -13,7 +14,7 @@ store = redis.Redis.from_url(os.environ["REFERENCE_REDIS_URL"])
 
 
 @app.post("/messages")
-def post_message():
+def post_message() -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("message"), str):
         return jsonify(err_msg='Body must be a JSON object like {"message": "..."}'), 400
@@ -24,8 +25,9 @@ def post_message():
 
 
 @app.get("/messages/<digest>")
-def get_message(digest):
-    data = store.get(f"msg:{digest.lower()}")
+def get_message(digest: str) -> Response | tuple[Response, int]:
+    # bytes, not str: the client does not decode responses.
+    data = cast("bytes | None", store.get(f"msg:{digest.lower()}"))
     if data is None:
         return jsonify(err_msg="Message not found"), 404
     return jsonify(message=data.decode("utf-8"))

@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from bench import objectives
 from bench.measure import Result
@@ -20,9 +21,9 @@ def column(part: str) -> str:
     return f"{part.replace(' ', '_')}_cpu_us"
 
 
-def medians(results: Iterable[Result]) -> list[dict]:
+def medians(results: Iterable[Result]) -> list[dict[str, Any]]:
     """One row per (target, server, via, scenario): the medians of its valid runs."""
-    groups: dict[tuple, list[Result]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Result]] = defaultdict(list)
     for r in results:
         groups[(r.target, r.server, r.via, r.scenario)].append(r)
     rows = []
@@ -56,7 +57,7 @@ def medians(results: Iterable[Result]) -> list[dict]:
     return rows
 
 
-def ratios(rows: list[dict]) -> list[dict]:
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours against the reference, per (via, scenario): throughput and app CPU per request."""
     by_key = {(r["target"], r["via"], r["scenario"]): r for r in rows}
     out = []
@@ -80,7 +81,7 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(rows: list[dict], columns: list[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A Markdown table of the given columns."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -88,7 +89,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, document: dict) -> None:
+def write_json(path: Path, document: dict[str, Any]) -> None:
     """The whole run, machine-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -101,7 +102,7 @@ BARS = (
 )
 
 
-def plot(path: Path, comparison: list[dict], title: str) -> None:
+def plot(path: Path, comparison: list[dict[str, Any]], title: str) -> None:
     """Throughput and p99 latency of ours, the reference and (if measured) the instrumented
     peer, by way in and scenario."""
     import matplotlib
@@ -133,7 +134,7 @@ def plot(path: Path, comparison: list[dict], title: str) -> None:
     plt.close(fig)
 
 
-def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
+def shipped_tables(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """--mode shipped: make run against the reference and the instrumented peer per scenario,
     the ceiling, the targets, the CPU per request by part, and the traces exported."""
     by = {(r["target"], r["scenario"]): r for r in rows}
@@ -207,7 +208,7 @@ def shipped_tables(rows: list[dict]) -> dict[str, list[dict]]:
     return tables
 
 
-def section(title: str, rows: list[dict]) -> list[str]:
+def section(title: str, rows: list[dict[str, Any]]) -> list[str]:
     """A titled table, or nothing for no rows."""
     if not rows:
         return []
@@ -215,7 +216,7 @@ def section(title: str, rows: list[dict]) -> list[str]:
     return [title, "", table(rows, columns), ""]
 
 
-def shipped_markdown(document: dict) -> str:
+def shipped_markdown(document: dict[str, Any]) -> str:
     """The tables of a --mode shipped run."""
     settings = document["settings"]
     out = [
@@ -285,7 +286,7 @@ def shipped_markdown(document: dict) -> str:
     return "\n".join(out)
 
 
-def markdown(document: dict) -> str:
+def markdown(document: dict[str, Any]) -> str:
     """The tables docs/performance.md shows, from a results file."""
     if document.get("mode") == "shipped":
         return shipped_markdown(document)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import requests
@@ -147,7 +148,7 @@ def _bucket_probabilities(median: float, sigma: float) -> np.ndarray:
     """P(value in each of mtail's intervals: <= 0.0005, (0.0005, 0.001], ..., above 1 day)."""
     cdf = [0.5 * (1 + math.erf(math.log(b / median) / (sigma * math.sqrt(2)))) for b in BUCKETS]
     p = np.diff([0.0, *cdf, 1.0])
-    return np.clip(p, 0, None) / np.clip(p, 0, None).sum()
+    return cast("np.ndarray", np.clip(p, 0, None) / np.clip(p, 0, None).sum())
 
 
 # A typical value per interval, for the histograms' _sum.
@@ -199,6 +200,7 @@ class Traffic:
         post_errors = rng.binomial(errors, next(iter(API_5XX.values())))
         get_errors = errors - post_errors
         counts.update(zip(API_5XX, (post_errors, get_errors), strict=True))
+        key: tuple[str, str, str] | tuple[str, str]  # (route, method, status), then (route, status)
         for key, per_second in OTHER_RATES.items():
             counts[key] = rng.poisson(per_second * STEP, HOUR)
         rows = [counts[k] for k in [*API_SHARES, *API_5XX, *OTHER_RATES]]
@@ -238,7 +240,7 @@ def write_openmetrics(
     `start`); returns the counters' values at the last step."""
     values = traffic.increments(first, last).cumsum(axis=1) + np.array(start)[:, None]
     stamps = [str(s * STEP) for s in range(first, last + 1)]
-    families = {}
+    families: dict[str, list[str]] = {}
     for name in traffic.series:
         family = re.sub(r"(_total|_bucket|_count|_sum)$", "", name.split("{")[0])
         families.setdefault(family, []).append(name)
@@ -252,13 +254,13 @@ def write_openmetrics(
                 numbers = [f"{v:.6f}" for v in row] if "_sum{" in name else map(int, row)
                 f.write("".join(f"{name} {v} {t}\n" for v, t in zip(numbers, stamps, strict=True)))
         f.write("# EOF\n")
-    return values[:, -1].tolist()
+    return cast("list[float]", values[:, -1].tolist())
 
 
 # --- the TSDB, cached ---------------------------------------------------------------------
 
 
-def over_time_recordings(rule_texts: list[str]) -> list[dict]:
+def over_time_recordings(rule_texts: list[str]) -> list[dict[str, str]]:
     """The recording rules whose series other rules read over a range (*_over_time(x[...])):
     to be backfilled, as long evaluation would have left them."""
     rules = [
@@ -272,7 +274,7 @@ def over_time_recordings(rule_texts: list[str]) -> list[dict]:
         for rule in rules
         for name in re.findall(r"_over_time\(\s*([a-zA-Z_:][\w:]*)\s*\[", rule["expr"])
     }
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, str]] = {}
     for rule in rules:
         if rule.get("record") in read:
             found.setdefault(rule["record"], {"record": rule["record"], "expr": rule["expr"]})
@@ -358,7 +360,7 @@ class Prometheus:
             for r in g["rules"]
         ]
 
-    def query(self, expr: str, at: float | None = None) -> list[dict]:
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query's result (a vector)."""
         params: dict[str, str | float] = {"query": expr}
         if at is not None:
@@ -367,7 +369,7 @@ class Prometheus:
         body = answer.json()
         if body.get("status") != "success":
             raise RuntimeError(f"{self.name}: {expr}: {body}")
-        return body["data"]["result"]
+        return cast("list[dict[str, Any]]", body["data"]["result"])
 
 
 def run(argv: list[str]) -> None:
@@ -404,7 +406,9 @@ def add_samples(
     return values
 
 
-def add_recordings(data: Path, scratch: Path, recordings: list[dict], first: int, last: int):
+def add_recordings(
+    data: Path, scratch: Path, recordings: list[dict[str, str]], first: int, last: int
+) -> None:
     """Backfill the recordings (every 15 s, as evaluated) over steps first..last, from a
     Prometheus on `data`; then let it merge the new blocks into the old (they overlap)."""
     if not recordings:
@@ -442,7 +446,7 @@ def add_recordings(data: Path, scratch: Path, recordings: list[dict], first: int
         server.stop()
 
 
-def prepared_tsdb(settings: Settings, recordings: list[dict]) -> Path:
+def prepared_tsdb(settings: Settings, recordings: list[dict[str, str]]) -> Path:
     """The data folder, in the cache: built, or brought up to now (its last sample about
     15 s ago)."""
     params = {
@@ -514,7 +518,7 @@ def rule_files_at(revision: str | None, folder: Path) -> list[Path]:
 def group_intervals(paths: list[Path]) -> dict[str, float]:
     """'<file>;<group>' (as Prometheus labels groups) -> evaluation interval in seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
-    found = {}
+    found: dict[str, float] = {}
     for path in paths:
         for group in yaml.safe_load(path.read_text()).get("groups", []):
             interval = group.get("interval", f"{EVALUATION_INTERVAL}s")
@@ -528,10 +532,10 @@ class Watch:
 
     durations: dict[str, list[float]] = field(default_factory=dict)  # group -> each eval's
     last_seen: dict[str, float] = field(default_factory=dict)
-    first: dict = field(default_factory=dict)
-    last: dict = field(default_factory=dict)
+    first: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
-    def sample(self, metrics: dict) -> None:
+    def sample(self, metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> None:
         """Record each group evaluation finished since the last sample."""
         stamps = {
             dict(labels)["rule_group"]: value
@@ -585,7 +589,7 @@ def wait_for_evaluation(server: Prometheus, group_suffix: str, after: float) -> 
 
 def group_table(
     watches: dict[str, Watch], intervals: dict[str, dict[str, float]]
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Per group (by file and name): ms per evaluation (mean), evaluations a minute (its
     interval), and seconds of evaluation an hour, old and new; and the totals."""
     rows = []
@@ -595,7 +599,7 @@ def group_table(
     )
     totals = {"old_s_per_hour": 0.0, "new_s_per_hour": 0.0}
     for short in names:
-        row: dict = {"group": short}
+        row: dict[str, Any] = {"group": short}
         for side in ("old", "new"):
             full = next((g for g in intervals[side] if g.endswith("/" + short)), None)
             seen = watches[side].durations.get(full or "", [])
@@ -635,7 +639,7 @@ EXACT = {
 }
 
 
-def value(result: list[dict]) -> tuple[float, float] | None:
+def value(result: list[dict[str, Any]]) -> tuple[float, float] | None:
     """(value, time) of a one-sample vector, None if empty."""
     if not result:
         return None
@@ -643,10 +647,10 @@ def value(result: list[dict]) -> tuple[float, float] | None:
     return float(text), float(stamp)
 
 
-def compare_ratios(old: Prometheus, new: Prometheus, tolerance: float) -> list[dict]:
+def compare_ratios(old: Prometheus, new: Prometheus, tolerance: float) -> list[dict[str, Any]]:
     """The recorded 1, 3 and 30-day SLO ratios of both servers at the new one's last long
     evaluation, and the exact ratio (a rate over the whole window, queried then)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sli in ("availability", "latency"):
         for w in SLO_WINDOWS:
             name = f"slo:edge_{sli}:error_ratio_rate{w}"
@@ -657,7 +661,7 @@ def compare_ratios(old: Prometheus, new: Prometheus, tolerance: float) -> list[d
             at = new_value[1]
             old_value = value(old.query(name, at))
             exact = value(new.query(EXACT[sli].format(w=w), at))
-            row = {
+            row: dict[str, Any] = {
                 "series": name,
                 "old": old_value and old_value[0],
                 "new": new_value[0],
@@ -680,7 +684,13 @@ def fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def markdown(rows: list[dict], totals: dict, cpu: dict, ratios: list[dict], minutes: float) -> str:
+def markdown(
+    rows: list[dict[str, Any]],
+    totals: dict[str, float],
+    cpu: dict[str, float],
+    ratios: list[dict[str, Any]],
+    minutes: float,
+) -> str:
     """The report: the group table, the totals, process CPU, the SLO ratios."""
     lines = [
         "| group | old ms/eval | new ms/eval | evals/min old, new | old s/hour | new s/hour |",

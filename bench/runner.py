@@ -7,7 +7,7 @@ import argparse
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.digests import Digests, hit_messages
@@ -89,13 +89,17 @@ class Bench:
             target.stop()
         return statistics.geometric_mean(rps)
 
-    def sweep(self, name: str, candidates: list[ServerConfig]) -> tuple[ServerConfig, list]:
+    def sweep(
+        self, name: str, candidates: list[ServerConfig]
+    ) -> tuple[ServerConfig, list[dict[str, str | float]]]:
         """Each candidate's score; the best one."""
         scores = [(c, self.quick_score(name, c)) for c in candidates]
         best = max(scores, key=lambda s: s[1])[0]
         return best, [{"server": c.label, "score_rps": round(s, 1)} for c, s in scores]
 
-    def soak(self, target: Measured, minutes: float, sample: Callable[[], dict]) -> dict:
+    def soak(
+        self, target: Measured, minutes: float, sample: Callable[[], Mapping[str, object]]
+    ) -> dict[str, object]:
         """Mixed load (POST, GET hit, GET miss in turn) for a while; sample() every 30 s."""
         samples = []
         digests = self.inputs[target.name].file_for("mix", minutes * 60)

@@ -46,7 +46,7 @@ class ShippedTarget:
 
     def descendants(self) -> list[psutil.Process]:
         """Every process make run started and that still runs."""
-        assert self.run.make is not None
+        assert self.run.make is not None and self.run.make.process is not None
         return psutil.Process(self.run.make.process.pid).children(recursive=True)
 
     def cpu_seconds(self) -> CpuTimes:

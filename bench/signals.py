@@ -17,8 +17,9 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TextIO, cast
 from unittest import mock
 
 # Metric values live in files in multiprocess mode, as under gunicorn; set before importing.
@@ -56,14 +57,14 @@ def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
         yield
 
 
-def build_apps(redis_url: str) -> dict[str, Callable]:
+def build_apps(redis_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
     """Each variant's WSGI app."""
     from service.app import create_app
 
     os.environ["REFERENCE_REDIS_URL"] = redis_url
     from bench.reference_app import app as reference
 
-    apps: dict[str, Callable] = {"reference": reference.wsgi_app}
+    apps: dict[str, Callable[..., Iterable[bytes]]] = {"reference": reference.wsgi_app}
     for name, (parts, sampler, settings) in VARIANTS.items():
         with leaving_out(parts), mock.patch.dict(os.environ, {"OTEL_TRACES_SAMPLER": sampler}):
             app = create_app({"REDIS_URL": redis_url, **settings})
@@ -71,7 +72,7 @@ def build_apps(redis_url: str) -> dict[str, Callable]:
     return apps
 
 
-def environs(scenario: str, n: int, digest: str) -> list[dict]:
+def environs(scenario: str, n: int, digest: str) -> list[dict[str, Any]]:
     """n WSGI requests of a scenario, as nginx would pass them on."""
     headers = {"X-Request-ID": "bench-signals"}
     if scenario == "post":
@@ -79,20 +80,25 @@ def environs(scenario: str, n: int, digest: str) -> list[dict]:
             EnvironBuilder(
                 path="/messages",
                 method="POST",
-                headers=headers,
+                headers=headers,  # type: ignore[arg-type]  # a dict works: Headers(headers)
                 data=json.dumps({"message": f"signals {time.time_ns()} {i}"}),
                 content_type="application/json",
             ).get_environ()
             for i in range(n)
         ]
     path = "/messages/" + (digest if scenario == "hit" else "0" * 64)
-    return [EnvironBuilder(path=path, headers=headers).get_environ() for _ in range(n)]
+    return [
+        EnvironBuilder(path=path, headers=headers).get_environ()  # type: ignore[arg-type]  # as above
+        for _ in range(n)
+    ]
 
 
-def cpu_per_request(app: Callable, requests: list[dict]) -> float:
+def cpu_per_request(app: Callable[..., Iterable[bytes]], requests: list[dict[str, Any]]) -> float:
     """CPU microseconds per request for serving the given requests."""
 
-    def start_response(status, headers, exc_info=None):
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> None:
         return None
 
     started = time.process_time()
@@ -120,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             # Log lines go where gunicorn's stdout would: not this terminal.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 for handler in logging.getLogger().handlers:
-                    handler.setStream(devnull)
+                    # logs.logging_config()'s handlers: StreamHandlers
+                    cast("logging.StreamHandler[TextIO]", handler).setStream(devnull)
                 apps = build_apps(redis_url)
                 digest = _stored_digest(apps["reference"])
                 results = _measure(apps, args, digest)
@@ -132,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stored_digest(reference: Callable) -> str:
+def _stored_digest(reference: Callable[..., Iterable[bytes]]) -> str:
     body: list[bytes] = []
     environ = environs("post", 1, "")[0]
     body.extend(reference(environ, lambda *a: None))
-    return json.loads(b"".join(body))["digest"]
+    return cast(str, json.loads(b"".join(body))["digest"])
 
 
-def _measure(apps: dict, args: argparse.Namespace, digest: str) -> dict:
+def _measure(
+    apps: dict[str, Callable[..., Iterable[bytes]]], args: argparse.Namespace, digest: str
+) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {}
     for scenario in ("post", "hit", "miss"):
         samples: dict[str, list[float]] = {name: [] for name in apps}
@@ -153,7 +162,7 @@ def _measure(apps: dict, args: argparse.Namespace, digest: str) -> dict:
     return results
 
 
-def _print(results: dict) -> None:
+def _print(results: dict[str, dict[str, list[float]]]) -> None:
     for scenario, samples in results.items():
         reference = statistics.median(samples["reference"])
         print(f"\n{scenario}: CPU per request, median of {len(samples['reference'])} rounds")

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 
@@ -59,7 +60,7 @@ def cpu_seconds(run: MakeRun) -> dict[int, tuple[str, float]]:
     """pid -> (kind, user + system CPU seconds so far) for every process of the stack."""
     # Every descendant of make run: nginx's workers drop the environment that
     # run.processes() looks for.
-    assert run.make is not None
+    assert run.make is not None and run.make.process is not None
     found = {}
     for proc in psutil.Process(run.make.process.pid).children(recursive=True):
         try:
@@ -70,7 +71,7 @@ def cpu_seconds(run: MakeRun) -> dict[int, tuple[str, float]]:
     return found
 
 
-def wrk(url: str, seconds: int, connections: int, scenario: str) -> dict:
+def wrk(url: str, seconds: int, connections: int, scenario: str) -> dict[str, int]:
     """wrk's summary line (bench/wrk/api.lua prints one JSON line)."""
     out = subprocess.run(
         [
@@ -82,10 +83,13 @@ def wrk(url: str, seconds: int, connections: int, scenario: str) -> dict:
         text=True,
         check=True,
     ).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+    return cast(
+        "dict[str, int]",
+        json.loads(next(line for line in out.splitlines() if line.startswith("{"))),
+    )
 
 
-def measure(seconds: int, connections: int, scenario: str) -> dict:
+def measure(seconds: int, connections: int, scenario: str) -> dict[str, Any]:
     """Start make run, load it, and return requests, rps and CPU µs per request by kind."""
     state = Path(tempfile.mkdtemp(prefix="bench-supervision-")) / "state"
     run = MakeRun(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import requests
 
 from bench.measure import CpuTimes, cpu_times, rss
 from native.configs import nginx_values, render_template
-from native.harness import CERT, Stack, free_port, make_stack
+from native.harness import CERT, CORE, Stack, free_port, make_stack
 from native.processes import Process
 from native.settings import ROOT, StackConfig
 
@@ -86,11 +87,14 @@ class Target:
 
     def processes(self, part: str) -> list[psutil.Process]:
         """The live processes of one part ("app", "nginx", "redis"), children included."""
-        top = psutil.Process(self.stack.executors[part].process.pid)
+        process = self.stack.executors[part].process
+        assert process is not None
+        top = psutil.Process(process.pid)
         return [top, *top.children(recursive=True)]
 
     def workers(self) -> list[psutil.Process]:
         """The gunicorn workers (the master's children)."""
+        assert self.stack.executors["app"].process is not None
         return psutil.Process(self.stack.executors["app"].process.pid).children()
 
     def cpu_seconds(self) -> CpuTimes:
@@ -208,8 +212,9 @@ def start(
     traces to sink) with the given process model."""
     folder.mkdir(parents=True, exist_ok=True)
     peer = _Peer(folder, sink)
-    adjust = {"reference": _reference_app, "peer": peer}.get(name)
-    stack = make_stack(folder, adjust=adjust, **LOAD_TEST_LIMITS, **server.env, **env)
+    adjusts: dict[str, Callable[[Process], Process]] = {"reference": _reference_app, "peer": peer}
+    # parts and adjust given in place, so that the settings can only be settings
+    stack = make_stack(folder, CORE, adjusts.get(name), **LOAD_TEST_LIMITS, **server.env, **env)
     stack.start()
     port = peer.metrics_port if name == "peer" else None
     return Target(name=name, server=server, stack=stack, peer_metrics_port=port)

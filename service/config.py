@@ -190,8 +190,8 @@ def default_workers() -> int:
     """One sync worker per usable CPU, plus one for the moments a worker waits on Redis. Each
     serves one request at a time, and nginx buffers whole requests and answers repeated reads
     from its cache, so a worker rarely waits: gunicorn's "2 * CPUs + 1" (for workers that
-    wait on I/O) served 10-20% fewer requests per second on a host shared with nginx and
-    Redis (docs/performance.md)."""
+    wait on I/O) served fewer requests per second on a host shared with nginx and Redis
+    (docs/performance.md)."""
     return available_cpus() + 1
 
 

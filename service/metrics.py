@@ -126,8 +126,8 @@ class RequestMetrics:
     """Request count and latency under prometheus-flask-exporter's names and labels
     (`flask_http_request_duration_seconds`, `flask_http_request_total`,
     `flask_http_request_exceptions_total`), recorded with children bound once per
-    (method, route, status). The exporter looks its children up by keyword on every request,
-    which cost 50-110 µs here (docs/performance.md)."""
+    (method, route, status). The exporter looks its children up by keyword on every request
+    (its cost: docs/performance.md)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["method", "path", "status"]

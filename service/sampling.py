@@ -1,7 +1,7 @@
 """A sampler whose cost is bounded by a rate, not a ratio: N traces a second, then a ratio.
 
-A fixed ratio traces more the busier the service is (10% is 150 traces a second at 1,500
-requests a second, at 740-800 µs each: docs/performance.md), far more than anyone reads.
+A fixed ratio traces more the busier the service is, and a traced request costs many times
+an untraced one (docs/performance.md): far more traces than anyone reads.
 RateLimitedSampler, after AWS X-Ray's reservoir ("1 a second and 5% beyond it") and Jaeger's
 rate-limiting sampler, keeps a token bucket of N traces a second per process (burst N, at
 least 1) and samples the requests beyond it by TraceIdRatioBased: every request is traced at

@@ -1,7 +1,7 @@
 """Speedups that rely on libraries' internals, kept in one place.
 
-Each was measured (docs/performance.md, "What the profile showed, and what changed", whose
-row numbers are cited below) and each names the library release whose internals it relies
+Each was measured (docs/performance.md, under History: "What the profile showed, and what
+changed" has the figures) and each names the library release whose internals it relies
 on. tests/test_speedups.py checks every one of those assumptions against the installed
 library and fails naming the library and its version: after upgrading Flask, Werkzeug,
 prometheus_client, redis-py or an OpenTelemetry instrumentation, run it first.
@@ -40,7 +40,7 @@ Decision = TypeVar("Decision")  # a sampling decision, as trace_sampled_requests
 class FlaskEnsureSyncOnce(Flask):
     """Flask deciding once per function, not on every call, whether a hook or view needs the
     async adapter: Flask runs inspect.iscoroutinefunction on each of a request's nine hooks
-    and its view, about 3% of a request's CPU (row 12; < 0.5% with this).
+    and its view, on every request.
 
     Relies on Flask 3.1: Flask.ensure_sync(func) is called for every hook and view, and its
     answer depends on func alone."""
@@ -61,8 +61,7 @@ class FlaskEnsureSyncOnce(Flask):
 
 def current_request() -> Request:
     """The request being served, unwrapped from Flask's `request` proxy once: every attribute
-    read through the proxy looks the request up again, about 0.5 µs each here (a timed loop:
-    five reads 3.1 µs through the proxy, 0.4 µs unwrapped). For hooks that run on every
+    read through the proxy looks the request up again. For hooks that run on every
     request and read several attributes.
 
     Relies on Werkzeug 3.1: flask.request is a werkzeug.local.LocalProxy, and
@@ -77,8 +76,7 @@ def json_response(
     dumps: Callable[[Any], bytes],
 ) -> Response:
     """jsonify()'s answer with a body of bytes: JSONProvider.response() would take the body
-    from dumps() as a str, so orjson's bytes would be decoded and encoded again (89 µs
-    against 28 µs for a 1 MiB message in a timed loop; row 6).
+    from dumps() as a str, so orjson's bytes would be decoded and encoded again.
 
     Relies on Flask 3.1: JSONProvider keeps its app as `_app`, and
     `_prepare_response_obj(args, kwargs)` makes jsonify()'s arguments into one object."""
@@ -89,10 +87,10 @@ def json_response(
 
 def cache_pid_for_multiprocess_values() -> None:
     """In multiprocess mode, prometheus_client asks the kernel for the process id on every
-    metric update, to notice a fork: eight system calls per request here, 5% of a request's
-    CPU (row 8; gone from the profile with this). The id is cached instead, and refreshed
-    in a forked child, which is the same rule. Call it before any metric value exists in
-    the process (as gunicorn.conf.py does): values made before it keep their own files.
+    metric update, to notice a fork: several system calls per request. The id is cached
+    instead, and refreshed in a forked child, which is the same rule. Call it before any
+    metric value exists in the process (as gunicorn.conf.py does): values made before it keep
+    their own files.
 
     Relies on prometheus_client 0.26: metrics make their values from values.ValueClass when
     they are made; in multiprocess mode that class has `_multiprocess` true; and
@@ -107,9 +105,7 @@ def cache_pid_for_multiprocess_values() -> None:
 
 def lighten_records() -> None:
     """Skip what every log record would otherwise gather and no line of ours prints: the
-    caller's file and line (a stack walk), thread and multiprocessing names. Half the cost of
-    the app's access line went with this and the orjson formatter (row 4: 65-78 µs a line,
-    then 36-40 µs).
+    caller's file and line (a stack walk), thread and multiprocessing names.
 
     Relies on CPython 3.11+'s logging: the switches the logging HOWTO names in its
     "Optimization" section, logging._srcfile (None: no caller lookup), logThreads and
@@ -123,8 +119,7 @@ def lighten_records() -> None:
 class NoAccessLogger(GunicornLogger):  # type: ignore[misc]
     """Gunicorn's logger without gunicorn's access log: nginx writes one line per request
     (and the app, if asked). Gunicorn builds its own line's fields for every request
-    whenever a logging config is set, even with no access log to write them to: about 3% of
-    a worker's samples (row 3; gone from the profile with this).
+    whenever a logging config is set, even with no access log to write them to.
 
     Relies on gunicorn 27: its workers call Logger.access(resp, req, environ, request_time)
     once per request, and nothing else builds the access line's fields."""
@@ -138,8 +133,7 @@ class RedisClientPerTracing:
     made while a span records (a traced request) goes through the instrumented one, every
     other command skips tracing altogether. Instrumenting every client
     (RedisInstrumentor().instrument()) put a wrapper and a context lookup on every command of
-    every request, ~4% of a request's CPU (row 11; "none traced" now costs what "no
-    tracing" costs).
+    every request; this way an untraced request costs what it would without tracing.
 
     Clients are made on first use, not here: a cluster client reads the slot map when it is
     made, and the app must start while Redis is unreachable or a cluster still forming.
@@ -211,8 +205,8 @@ def trace_sampled_requests_only(
     it: service/telemetry.py). Call right after FlaskInstrumentor().instrument_app(app).
 
     The instrumentation builds a request's attributes, extracts its context and starts a
-    (non-recording) span for every request before the sampler has its say: 18.5% of a
-    worker's samples at a 10% ratio, 7.6% with this (row 2).
+    (non-recording) span for every request before the sampler has its say, the largest
+    share of the requests it then drops.
 
     Relies on opentelemetry-instrumentation-flask 0.66b1: instrument_app() keeps the app's
     WSGI callable from before as app._original_wsgi_app, and adds one before_request and

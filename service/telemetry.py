@@ -75,9 +75,8 @@ EXCLUDED_URLS = "healthz,readyz,metrics"
 # Tracing's cost bounded by a rate, not a ratio (service/sampling.py), unless
 # OTEL_TRACES_SAMPLER(_ARG) say otherwise: per process, 1 trace a second plus 1% of the
 # requests beyond it. At low traffic (under a request a second per worker: development, a
-# quiet hour) every request is traced, and under load the cost hardly grows: at 3,000
-# requests a second over 5 workers, ~35 traces a second (5 + 1% of the rest) where a fixed
-# 10% made 300, at 740-800 µs each (docs/performance.md). A trusted caller's trace context
+# quiet hour) every request is traced, and under load the cost hardly grows, where a fixed
+# ratio's grows with the traffic (figures: docs/performance.md). A trusted caller's trace context
 # (see nginx.conf.template) decides for its own requests, and does not draw on the budget.
 DEFAULT_SAMPLER = "parentbased_ratelimited"
 DEFAULT_SAMPLER_ARG = sampling.DEFAULT_ARG  # traces a second per process, ratio of the rest

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 STARTED = "messages.started"  # WSGI environ key: perf_counter() when the request came in
-_INSTALLED = "messages.started"  # app.extensions key: the stamp is in place
+_INSTALLED = "messages.start_stamp"  # app.extensions key: the stamp is in place
 
 
 def install(app: Flask, wsgi_app: WSGIApplication) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from native.settings import ROOT
 
 VENV_BIN = ".venv/bin/"
 

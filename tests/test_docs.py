@@ -16,13 +16,12 @@ from opentelemetry.sdk import environment_variables as sdk_variables
 from prometheus_client.parser import text_string_to_metric_families
 
 from native import finish
-from native.settings import StackConfig
+from native.settings import ROOT, StackConfig
 from service import telemetry
 from service.app import create_app
 from service.config import ServerSettings, Settings, available_cpus
 from tests.compose_cli import BASE, CLUSTER
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
