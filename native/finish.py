@@ -23,8 +23,9 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from native.console import say
 
 GIVE_UP = 125  # s6-supervise: do not restart
 BACKOFF_CAP = 4.0  # seconds; s6-supervise's timeout-finish (native/supervise.py) is above it
@@ -34,12 +35,6 @@ PID_FILE = "pid"  # written by the run script: the process, and its process grou
 DEATHS_FILE = "deaths"  # times of recent deaths, one per line
 RESTARTS_FILE = "restarts"  # deaths that led to a restart since make run started
 GIVEN_UP_FILE = "given-up"  # present once the supervisor gave up on the component
-
-
-def say(name: str, event: str) -> None:
-    """One lifecycle line on make run's console."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"{stamp} {name}: {event}", file=sys.stderr, flush=True)
 
 
 def kill_leftovers(data: Path) -> None:

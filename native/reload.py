@@ -50,7 +50,8 @@ from native.configs import (
     render_nginx,
     render_prometheus,
 )
-from native.finish import say, write_reload_metric
+from native.console import say
+from native.finish import write_reload_metric
 from native.processes import app_env, textfile_dir
 from native.settings import ROOT, StackConfig, started_with
 from native.supervise import kind, log_dir, reloadable, scan_dir

@@ -27,8 +27,8 @@ from typing import IO
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from native import supervise
+from native.console import say
 from native.edge_cache import own_edge_cache_dir, remove_edge_cache
-from native.finish import say
 from native.processes import Process, processes
 from native.redis_files import redis_data_dir
 from native.settings import StackConfig

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, g, has_request_context
 from opentelemetry import trace
 
-from service.metrics import path as route_of
+from service.metrics import route_template
 from service.speedups import current_request
 from service.wsgi_middleware import request_started, require_start_stamp
 
@@ -87,7 +87,7 @@ def _access_line(logger: logging.Logger) -> Callable[[Response], Response]:
         # Digests and sizes only: message text never reaches a log line.
         fields = {
             "method": req.method,
-            "route": route_of(req),
+            "route": route_template(req),
             "path": req.path,
             "status": response.status_code,
             "duration_ms": round((perf_counter() - request_started(req.environ)) * 1000, 3),

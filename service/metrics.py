@@ -53,9 +53,9 @@ REDIS_ERROR_KINDS = ("timeout", "connection", "persistence", "other")
 UNMATCHED_ROUTE = "<unmatched>"
 
 
-def path(request: Request) -> str:
-    """The route template, never the raw path: bounded label values. (The function's name
-    becomes the label name, `path`, as in prometheus-flask-exporter's default.)"""
+def route_template(request: Request) -> str:
+    """The request's route template, never its raw path: the value of the `path` label
+    (prometheus-flask-exporter's name for it), bounded."""
     rule = request.url_rule
     return rule.rule if rule is not None else UNMATCHED_ROUTE
 
@@ -180,7 +180,7 @@ class RequestMetrics:
         def after_request(response: Response) -> Response:
             req = current_request()
             seconds = perf_counter() - request_started(req.environ)
-            self.record(req.method, path(req), response.status_code, seconds)
+            self.record(req.method, route_template(req), response.status_code, seconds)
             req.environ[_RECORDED] = True
             return response
 
@@ -193,7 +193,7 @@ class RequestMetrics:
             self.exceptions.labels(_method_label(req.method), "500").inc()
             if not req.environ.get(_RECORDED):
                 seconds = perf_counter() - request_started(req.environ)
-                self.record(req.method, path(req), 500, seconds)
+                self.record(req.method, route_template(req), 500, seconds)
 
         wsgi_middleware.install(app, wsgi_app)
         app.after_request(after_request)
