@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 import requests
 
-from native.harness import CERT
+from native.harness import edge_session
 from service.store import KEY_PREFIX, digest_of
 
 BATCH = 10_000  # commands per pipeline round trip
@@ -47,11 +47,10 @@ def store(client: redis.Redis, messages: Iterable[str]) -> list[str]:
 def check_served(base_url: str, pairs: Iterable[tuple[str, str]]) -> requests.Response:
     """GET each digest through the target's API: 200 and its message, or AssertionError.
     Returns the last answer."""
-    session = requests.Session()
-    session.trust_env = False
+    session = edge_session()
     answer = None
     for digest, message in pairs:
-        answer = session.get(f"{base_url}/messages/{digest}", verify=CERT, timeout=10)
+        answer = session.get(f"{base_url}/messages/{digest}", timeout=10)
         if answer.status_code != 200 or answer.json() != {"message": message}:
             raise AssertionError(
                 f"{base_url}: {digest} answered {answer.status_code} {answer.text!r}"

@@ -31,10 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from bench.targets import NO_RATE_LIMIT
-from native.harness import CERT, CORE, Stack, make_stack
+from native.harness import CORE, Stack, edge_session, make_stack
 from native.settings import ROOT
 
 # One load generator is one client address: the per-client rate limit is lifted.
@@ -70,8 +68,7 @@ def recovery(stack: Stack, n: int = 20) -> tuple[float, float, set[str]]:
     /messages?after: told apart from the load's lines."""
     url = f"{stack.url}/messages?after"
     seen = set()
-    with requests.Session() as session:
-        session.verify, session.trust_env = CERT, False
+    with edge_session() as session:
         ended = time.perf_counter()
         while (r := session.post(url, json={"message": f"after {time.time()}"})).status_code != 201:
             assert r.status_code in (502, 503, 504) and time.perf_counter() - ended < 30, r.text

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import psutil
 import redis
-import requests
 
 from bench.measure import CpuTimes, cpu_times, rss
 from native.configs import nginx_values, render_template
-from native.harness import CERT, CORE, Stack, free_port, make_stack
+from native.harness import CORE, Stack, edge_session, free_port, make_stack
 from native.processes import Process
 from native.settings import ROOT, StackConfig
 
@@ -222,13 +221,10 @@ def start(
 
 def seed(target: Target, messages: list[str]) -> list[str]:
     """Store the messages through the edge; return their digests."""
-    session = requests.Session()
-    session.trust_env = False
+    session = edge_session()
     digests = []
     for message in messages:
-        r = session.post(
-            f"{target.url(EDGE)}/messages", json={"message": message}, verify=CERT, timeout=10
-        )
+        r = session.post(f"{target.url(EDGE)}/messages", json={"message": message}, timeout=10)
         r.raise_for_status()
         digests.append(r.json()["digest"])
     return digests

@@ -182,11 +182,16 @@ def make_stack(
 
     procs = [adjust(p) if adjust else p for p in processes(cfg) if wanted(p.name)]
     executors = {p.name: executor(p, tmp) for p in procs}
-    http = requests.Session()
-    http.verify = CERT
+    return Stack(cfg=cfg, executors=executors, http=edge_session(), log_dir=tmp)
+
+
+def edge_session() -> requests.Session:
+    """A session for the TLS edge, verified against localhost.crt."""
+    session = requests.Session()
+    session.verify = CERT
     # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
-    http.trust_env = False
-    return Stack(cfg=cfg, executors=executors, http=http, log_dir=tmp)
+    session.trust_env = False
+    return session
 
 
 def redis_executor(tmp: Path, port: int, *extra: str) -> TCPExecutor:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import requests
 
-from tests.helpers import edge_session, eventually, sha256
+from native.harness import edge_session
+from tests.helpers import eventually, sha256
 
 CLIENTS = 4  # threads, each with its own keep-alive session through the edge
 UNKNOWN = "0" * 64  # a digest nothing is stored under: 404 is its right answer

@@ -49,7 +49,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from native.harness import CERT, Stack
+from native.harness import Stack
 from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
@@ -87,15 +87,6 @@ def eventually(check: Callable[[], object], seconds: float = 150) -> object:
         | retry_if_exception_type((requests.RequestException, redis.RedisError)),
     )
     return retrying(check)
-
-
-def edge_session() -> requests.Session:
-    """A session for the TLS edge, verified against localhost.crt (as a Stack's own)."""
-    session = requests.Session()
-    session.verify = CERT
-    # Otherwise REQUESTS_CA_BUNDLE or a proxy from the environment would override the above.
-    session.trust_env = False
-    return session
 
 
 def edge_access_lines(stack: Stack, request_ids: list[str], seconds: float = 10) -> list[dict]:

@@ -20,10 +20,10 @@ import requests
 
 from native.configs import edge_metrics_log
 from native.edge_cache import SHARED_MEMORY, edge_cache_dir, own_edge_cache_dir
-from native.harness import Stack, make_stack
+from native.harness import Stack, edge_session, make_stack
 from native.processes import processes
 from native.settings import StackConfig
-from tests.helpers import edge_access_lines, edge_session, eventually, mtail_one_shot, sha256
+from tests.helpers import edge_access_lines, eventually, mtail_one_shot, sha256
 from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import requests
 
-from native.harness import Stack, free_port
-from tests.helpers import edge_session, sha256
+from native.harness import Stack, edge_session, free_port
+from tests.helpers import sha256
 from tests.metrics_text import value
 
 pytestmark = pytest.mark.stack
