@@ -36,7 +36,7 @@ from native.redis_files import redis_auth_config, redis_data_dir, redis_instance
 from native.settings import CLUSTER_NODES, REDIS_TOPOLOGIES, ROOT, StackConfig
 from service import backup as store_backup
 from service.config import Settings
-from service.speedups import RedisClient
+from service.redis_clients import RedisClient
 
 BACKUPS = ROOT / "backups"  # beside the repository's files, not in STATE_DIR: `make clean`
 LOAD_TIMEOUT = 300  # seconds for a source Redis to load its data

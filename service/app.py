@@ -23,7 +23,8 @@ from service import (
 from service.config import ServerSettings, Settings
 from service.jsonio import OrjsonProvider
 from service.metrics import StoreMetrics
-from service.store import MessageStore, make_client
+from service.redis_clients import make_client
+from service.store import MessageStore
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:

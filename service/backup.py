@@ -40,8 +40,8 @@ from typing import IO, cast
 import redis
 
 from service.config import Settings
-from service.speedups import RedisClient
-from service.store import KEY_PREFIX, digest_of, make_client
+from service.redis_clients import RedisClient, make_client
+from service.store import KEY_PREFIX, digest_of
 
 HEADER = b"message-service-backup 1\n"
 BATCH = 200  # keys per round trip

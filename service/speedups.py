@@ -13,19 +13,14 @@ import contextvars
 import functools
 import logging
 import os
-import threading
-import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import redis
 from flask import Flask, Request, Response
 from flask import request as request_proxy
 from flask.json.provider import JSONProvider
 from gunicorn.glogging import Logger as GunicornLogger
-from opentelemetry import trace
 from prometheus_client import values
-from redis.cluster import RedisCluster
 from werkzeug.local import LocalProxy
 
 from service import wsgi_middleware
@@ -33,7 +28,6 @@ from service import wsgi_middleware
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-RedisClient = redis.Redis | RedisCluster
 Decision = TypeVar("Decision")  # a sampling decision, as trace_sampled_requests_only keeps it
 
 
@@ -126,62 +120,6 @@ class NoAccessLogger(GunicornLogger):  # type: ignore[misc]
 
     def access(self, resp: object, req: object, environ: object, request_time: object) -> None:
         """Nothing: see the class."""
-
-
-class RedisClientPerTracing:
-    """Two Redis clients made alike, and only one of them instrumented for tracing: a command
-    made while a span records (a traced request) goes through the instrumented one, every
-    other command skips tracing altogether. Instrumenting every client
-    (RedisInstrumentor().instrument()) put a wrapper and a context lookup on every command of
-    every request; this way an untraced request costs what it would without tracing.
-
-    Clients are made on first use, not here: a cluster client reads the slot map when it is
-    made, and the app must start while Redis is unreachable or a cluster still forming.
-
-    Relies on opentelemetry-instrumentation-redis 0.66b1: RedisInstrumentor.instrument_client
-    instruments the one client it is given, not its class, and for a RedisCluster not the
-    clients of its nodes either (master_of instruments those)."""
-
-    def __init__(
-        self,
-        connect: Callable[[], RedisClient],
-        trace_client: Callable[[RedisClient], None] | None = None,
-    ) -> None:
-        self._connect = connect
-        self._trace_client = trace_client
-        self._clients: dict[bool, RedisClient] = {}  # by "traced"
-        self._traced_nodes: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def current(self) -> RedisClient:
-        """The client for a command made now."""
-        traced = self._trace_client is not None and trace.get_current_span().is_recording()
-        client = self._clients.get(traced)
-        return client if client is not None else self._make(traced)
-
-    def master_of(self, cluster: RedisCluster, key: str) -> redis.Redis:
-        """The client of the node that is master for the key, traced if `cluster` is."""
-        node = cluster.get_redis_connection(cluster.get_node_from_key(key))
-        if self._trace_client is not None and cluster is self._clients.get(True):
-            with self._lock:
-                if node not in self._traced_nodes:
-                    self._trace_client(node)
-                    self._traced_nodes.add(node)
-        return node
-
-    def close(self) -> None:
-        """Release the clients' connections."""
-        for client in self._clients.values():
-            client.close()
-
-    def _make(self, traced: bool) -> RedisClient:
-        with self._lock:
-            if traced not in self._clients:
-                client = self._connect()
-                if traced and self._trace_client is not None:
-                    self._trace_client(client)
-                self._clients[traced] = client
-            return self._clients[traced]
 
 
 # What opentelemetry-instrumentation-flask 0.66b1's instrument_app() leaves on an app: the

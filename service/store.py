@@ -9,14 +9,10 @@ from time import perf_counter
 from typing import TypeVar, cast
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
-from service.config import Settings
 from service.metrics import REDIS_COMMANDS, StoreMetrics
-from service.speedups import RedisClient, RedisClientPerTracing
+from service.redis_clients import RedisClient, RedisClientPerTracing
 
 KEY_PREFIX = "msg:"
 T = TypeVar("T")
@@ -42,41 +38,6 @@ class StoreNotSaving(StoreError):
 def digest_of(data: bytes) -> str:
     """The lowercase hex SHA-256 of the given bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def make_client(settings: Settings) -> RedisClient:
-    """A client for Redis standalone, through Sentinel, or a Redis Cluster, with its own
-    connection pool(s), bounded timeouts and a bounded retry."""
-    retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), settings.redis_retries)
-    timeouts = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_timeout,
-    }
-    password = {"password": settings.redis_password} if settings.redis_password else {}
-    if settings.redis_mode == "sentinel":
-        # Sentinel names the current master; on a failover the pool asks again.
-        sentinel: Sentinel = Sentinel(
-            list(settings.redis_sentinels), sentinel_kwargs=dict(timeouts), **timeouts
-        )
-        master: redis.Redis = sentinel.master_for(
-            settings.redis_sentinel_master,
-            retry=retry,
-            max_connections=settings.redis_max_connections,
-            **password,
-            **timeouts,
-        )
-        return master
-    if settings.redis_mode == "cluster":
-        # Any node's URL will do: the client learns the slots and follows MOVED/ASK.
-        return RedisCluster.from_url(settings.redis_url, retry=retry, **password, **timeouts)
-    return redis.Redis.from_url(
-        settings.redis_url,
-        retry=retry,
-        max_connections=settings.redis_max_connections,
-        health_check_interval=30,
-        **password,  # else the URL's own, if it has one
-        **timeouts,
-    )
 
 
 class MessageStore:

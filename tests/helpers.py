@@ -53,7 +53,8 @@ from native.harness import Stack
 from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
-from service.store import MessageStore, make_client
+from service.redis_clients import make_client
+from service.store import MessageStore
 
 RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
 

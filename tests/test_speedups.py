@@ -269,7 +269,7 @@ def test_gunicorn_logs_access_through_logger_access():
     assert parameters(speedups.NoAccessLogger.access) == parameters(GunicornLogger.access)
 
 
-# RedisClientPerTracing
+# RedisClientPerTracing (in service/redis_clients.py: the store's concern; its assumption here)
 
 
 def test_instrumenting_one_redis_client_leaves_other_clients_and_the_class_alone():

@@ -14,7 +14,8 @@ from native.harness import free_port, redis_executor
 from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
-from service.store import MessageStore, StoreUnavailable, digest_of, make_client
+from service.redis_clients import make_client
+from service.store import MessageStore, StoreUnavailable, digest_of
 from tests.helpers import traced_store
 
 

@@ -16,7 +16,8 @@ from service import errors, health, logs, metrics, wsgi_middleware
 from service.app import create_app
 from service.config import Settings, unset_empty_gunicorn_settings
 from service.metrics import StoreMetrics
-from service.store import MessageStore, make_client
+from service.redis_clients import make_client
+from service.store import MessageStore
 
 
 def unreachable_store() -> MessageStore:
