@@ -21,7 +21,7 @@ from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
 from native.configs import CERTIFICATE
 from native.edge_cache import own_edge_cache_dir, remove_edge_cache
-from native.processes import Process, processes
+from native.processes import Process, prepare_stack
 from native.redis_files import redis_instance_config
 from native.settings import DEFAULT_PORTS, StackConfig
 
@@ -180,7 +180,7 @@ def make_stack(
     def wanted(name: str) -> bool:  # "app" stands for every app instance (app-2, ...)
         return parts is None or name in parts or (name.startswith("app-") and "app" in parts)
 
-    procs = [adjust(p) if adjust else p for p in processes(cfg) if wanted(p.name)]
+    procs = [adjust(p) if adjust else p for p in prepare_stack(cfg) if wanted(p.name)]
     executors = {p.name: executor(p, tmp) for p in procs}
     return Stack(cfg=cfg, executors=executors, http=edge_session(), log_dir=tmp)
 

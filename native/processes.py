@@ -45,8 +45,9 @@ class Process:
     job: bool = False  # runs once to its end (the cluster join), rather than serving
 
 
-def processes(cfg: StackConfig) -> list[Process]:
-    """Prepare the state folder and config files; return the processes to start, in order."""
+def prepare_stack(cfg: StackConfig) -> list[Process]:
+    """Write the state folder's config files and the Redis password; return the processes
+    to start, in order."""
     return service_processes(cfg) + monitoring_processes(cfg)
 
 

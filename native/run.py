@@ -29,7 +29,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from native import supervise
 from native.console import say
 from native.edge_cache import own_edge_cache_dir, remove_edge_cache
-from native.processes import Process, processes
+from native.processes import Process, prepare_stack
 from native.redis_files import redis_data_dir
 from native.settings import StackConfig
 from native.supervise import scan_dir
@@ -153,7 +153,7 @@ def start(cfg: StackConfig) -> int:
     """make run: start the stack, say when it serves, and stop it all when told to."""
     try:
         with exclusive(cfg):
-            procs = processes(cfg)
+            procs = prepare_stack(cfg)
             check_free(cfg, procs)
             own_edge_cache_dir(cfg)  # made here, as removed at the end of serve()
             return serve(cfg, procs)

@@ -21,7 +21,7 @@ import requests
 from native.configs import edge_metrics_log
 from native.edge_cache import SHARED_MEMORY, edge_cache_dir, own_edge_cache_dir
 from native.harness import Stack, edge_session, make_stack
-from native.processes import processes
+from native.processes import prepare_stack
 from native.settings import StackConfig
 from tests.helpers import edge_access_lines, eventually, mtail_one_shot, sha256
 from tests.metrics_text import value
@@ -398,7 +398,7 @@ def test_the_cache_lives_in_shared_memory_ours_alone_and_goes_when_the_stack_sto
     # Building the process list (as tests that start a single process do) makes no folder:
     # only starting the stack does, paired with its removal at stop.
     listed = StackConfig.from_env({"STATE_DIR": str(tmp_path / "listed")})
-    processes(listed)
+    prepare_stack(listed)
     assert not edge_cache_dir(listed).exists()
     own = stack_factory()
     folder = edge_cache_dir(own.cfg)

@@ -14,7 +14,7 @@ from mirakuru import HTTPExecutor
 
 from native.configs import render_nginx
 from native.harness import free_ports_env
-from native.processes import processes
+from native.processes import prepare_stack
 from native.settings import StackConfig, app_socket
 from tests.helpers import eventually
 from tests.metrics_text import value
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.stack
 
 def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
     env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "3"}
-    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    app = next(p for p in prepare_stack(StackConfig.from_env(env)) if p.name == "app")
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
         health = f"http://127.0.0.1:{app.port}/healthz"
@@ -64,7 +64,7 @@ def test_workers_log_to_stdout_and_stop_on_sigterm(tmp_path):
 
 def test_natively_the_app_also_listens_on_a_unix_socket_that_nginx_uses(tmp_path):
     cfg = StackConfig.from_env({**free_ports_env(), "STATE_DIR": str(tmp_path)})
-    app = next(p for p in processes(cfg) if p.name == "app")
+    app = next(p for p in prepare_stack(cfg) if p.name == "app")
     sock = app_socket(cfg, 1)
     assert app.env["APP_SOCKET"] == str(sock)
     assert f"server unix:{sock} max_conns=16 max_fails=0;" in render_nginx(cfg).read_text()
@@ -83,7 +83,7 @@ def test_a_state_folder_too_deep_for_a_socket_path_falls_back_to_tcp(tmp_path):
     deep = tmp_path / ("d" * 100)
     cfg = StackConfig.from_env({**free_ports_env(), "STATE_DIR": str(deep)})
     assert app_socket(cfg, 1) is None
-    app = next(p for p in processes(cfg) if p.name == "app")
+    app = next(p for p in prepare_stack(cfg) if p.name == "app")
     assert app.env["APP_SOCKET"] == ""
     assert f"server 127.0.0.1:{app.port} max_conns=16 max_fails=0;" in render_nginx(cfg).read_text()
 
@@ -92,7 +92,7 @@ def test_a_reloaded_master_keeps_its_metrics_and_removes_its_metrics_folder(tmp_
     # make reload sends gunicorn SIGHUP, which runs gunicorn.conf.py again in the master:
     # that run finds PROMETHEUS_MULTIPROC_DIR set (by the first) and must still own it.
     env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "2"}
-    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    app = next(p for p in prepare_stack(StackConfig.from_env(env)) if p.name == "app")
     health = f"http://127.0.0.1:{app.port}/healthz"
     metrics = f"http://{env_address(app)}/metrics"
     gunicorn = HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60)
@@ -132,7 +132,7 @@ def test_what_gunicorn_refuses_itself_is_json_not_html(tmp_path, request_head, s
     """Over HTTP/2 nginx passes on a header over 8 KiB that compresses under its limit, and
     gunicorn refuses it before the app sees it: with nginx's JSON, not gunicorn's HTML page."""
     env = {**free_ports_env(), "STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
-    app = next(p for p in processes(StackConfig.from_env(env)) if p.name == "app")
+    app = next(p for p in prepare_stack(StackConfig.from_env(env)) if p.name == "app")
     health = f"http://127.0.0.1:{app.port}/healthz"
     gunicorn = HTTPExecutor(app.argv, url=health, method="GET", envvars=app.env, timeout=60)
     with gunicorn, socket.create_connection(("127.0.0.1", app.port), timeout=10) as client:

@@ -23,7 +23,7 @@ import yaml
 from native.configs import render_alertmanager
 from native.harness import cluster_ports_env
 from native.make_run import MakeRun, make_run_env
-from native.processes import processes
+from native.processes import prepare_stack
 from native.settings import ROOT, StackConfig
 from tests.compose_cli import BASE, CLUSTER, PASSWORDS, env_file, resolved
 from tests.helpers import prometheus_rules
@@ -242,7 +242,7 @@ def test_make_commands_name_real_targets_and_components(tmp_path):
         cfg = StackConfig.from_env(
             {"STATE_DIR": str(tmp_path / topology), "REDIS_TOPOLOGY": topology}
         )
-        names |= {p.name for p in processes(cfg)}
+        names |= {p.name for p in prepare_stack(cfg)}
     wrong = []
     for b in BLOCKS:
         for line in b.lines:
