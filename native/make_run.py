@@ -4,6 +4,7 @@ on free ports, its console kept, stopped with a signal, its components seen thro
 
 from __future__ import annotations
 
+import operator
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import IO
 import psutil
 import requests
 from mirakuru import SimpleExecutor
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from native.harness import CERT, free_ports_env
 from native.settings import ROOT, StackConfig
@@ -162,10 +164,14 @@ def make_run_env(state_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def until(check: Callable[[], object], seconds: float, every: float = 0.05) -> float:
-    """Seconds until check() is truthy; fails after `seconds`."""
+    """Seconds until check() is truthy; fails after `seconds`. (An exception of check's is
+    not retried: it is the test's failure.)"""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > seconds:
-            raise AssertionError(f"not within {seconds} s")
-        time.sleep(every)
+    retrying = Retrying(
+        stop=stop_after_delay(seconds), wait=wait_fixed(every), retry=retry_if_result(operator.not_)
+    )
+    try:
+        retrying(check)
+    except RetryError:
+        raise AssertionError(f"not within {seconds} s") from None
     return time.monotonic() - started

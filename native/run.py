@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -235,10 +234,11 @@ def stop_from_elsewhere(cfg: StackConfig) -> int:
         return 0
     (scan / STOP_REQUESTED).touch()  # before the stop: make run reads it once s6 has ended
     supervise.stop_supervisor(scan)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while supervise.supervisor_running(scan) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if supervise.supervisor_running(scan):
+    try:
+        Retrying(
+            stop=stop_after_delay(STOP_TIMEOUT), wait=wait_fixed(0.2), retry=retry_if_result(bool)
+        )(supervise.supervisor_running, scan)
+    except RetryError:
         print(f"The stack did not stop within {STOP_TIMEOUT} s.", file=sys.stderr)
         return 1
     remove_edge_cache(cfg)  # its make run was killed before it could
