@@ -32,8 +32,8 @@ from bench import headline, report
 from bench.runner import Bench
 from bench.shipped import shipped_server
 from bench.targets import DIRECT, EDGE, ServerConfig
-from native.otlp_receiver import start_receiver
 from native.settings import ROOT
+from tests.otlp_receiver import start_receiver
 
 SCENARIOS = [
     (EDGE, "post"),

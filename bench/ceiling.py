@@ -14,8 +14,9 @@ from mirakuru import TCPExecutor
 
 from bench.measure import CpuTimes, cpu_times, rss
 from native.configs import nginx_values, render_template
-from native.harness import START_TIMEOUT, free_port
+from native.ports import free_port
 from native.settings import ROOT, StackConfig
+from tests.harness import START_TIMEOUT
 
 TEMPLATE = ROOT / "bench" / "nginx-ceiling.conf.template"
 VARIANTS = {"ceiling-log": "nginx, the edge's access logs", "ceiling-nolog": "nginx, no log"}

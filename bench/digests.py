@@ -11,8 +11,8 @@ from pathlib import Path
 import redis
 import requests
 
-from native.harness import edge_session
 from service.store import KEY_PREFIX, digest_of
+from tests.harness import edge_session
 
 BATCH = 10_000  # commands per pipeline round trip
 HOT_MESSAGE = "bench hot message"

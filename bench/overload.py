@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.targets import NO_RATE_LIMIT
-from native.harness import CORE, Stack, edge_session, make_stack
 from native.settings import ROOT
+from tests.harness import CORE, Stack, edge_session, make_stack
 
 # One load generator is one client address: the per-client rate limit is lifted.
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "overload.lua"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bench.measure import Load, run_wrk
 from bench.targets import EDGE, ServerConfig, seed, start
-from native.otlp_receiver import start_receiver
 from native.settings import ROOT
+from tests.otlp_receiver import start_receiver
 
 # In the venv beside this Python, whether or not the venv is on PATH.
 PY_SPY = str(Path(sys.executable).parent / "py-spy")

@@ -45,7 +45,7 @@ import yaml
 from mirakuru import HTTPExecutor
 from prometheus_client.parser import text_string_to_metric_families
 
-from native.harness import free_port
+from native.ports import free_port
 from native.settings import ROOT
 
 RULES = Path("monitoring/prometheus/rules")

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.digests import Digests, hit_messages
 from bench.measure import WRK_SCRIPT, Inputs, Load, Measured, Result, measure
 from bench.targets import EDGE, ServerConfig, Target, seed, start
-from native.otlp_receiver import Receiver
+from tests.otlp_receiver import Receiver
 
 SOAK_SAMPLE_SECONDS = 30
 

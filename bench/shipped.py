@@ -1,5 +1,5 @@
 """The service as shipped: `make run` with its defaults (supervisor, monitoring, worker model,
-sampling), started as a user starts it (native/make_run.py) on free ports with a state folder
+sampling), started as a user starts it (tests/make_run.py) on free ports with a state folder
 of its own. The only other changes: traces go to the benchmark's OTLP sink, and the
 per-client rate limit and the edge's limit on connections to the app are lifted
 (bench/targets.py LOAD_TEST_LIMITS)."""
@@ -15,8 +15,8 @@ import redis
 from bench.measure import CpuTimes, cpu_times, rss
 from bench.supervision import PARTS, kind_of
 from bench.targets import EDGE, LOAD_TEST_LIMITS, ServerConfig
-from native.make_run import MakeRun, make_run_env
 from service.config import ServerSettings, default_workers
+from tests.make_run import MakeRun, make_run_env
 
 
 def shipped_server() -> ServerConfig:

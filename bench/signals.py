@@ -27,9 +27,10 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench
 
 from werkzeug.test import EnvironBuilder
 
-from native.harness import free_port, redis_executor
-from native.otlp_receiver import start_receiver
+from native.ports import free_port
 from service import logs, speedups, telemetry
+from tests.harness import redis_executor
+from tests.otlp_receiver import start_receiver
 
 # name: (what is left out, sampler, other settings)
 VARIANTS = {

@@ -19,7 +19,7 @@ from typing import Any, cast
 import psutil
 
 from bench.measure import WRK_SCRIPT
-from native.make_run import MakeRun, make_run_env
+from tests.make_run import MakeRun, make_run_env
 
 # Which part of the stack a process is, by its program's name (the first that matches):
 # make run's Python and finish scripts count as supervision, and a log service's shell

@@ -15,9 +15,10 @@ import redis
 
 from bench.measure import CpuTimes, cpu_times, rss
 from native.configs import nginx_values, render_template
-from native.harness import CORE, Stack, edge_session, free_port, make_stack
+from native.ports import free_port
 from native.processes import Process
 from native.settings import ROOT, StackConfig
+from tests.harness import CORE, Stack, edge_session, make_stack
 
 DIRECT, EDGE = "direct", "edge"
 # The benchmark sends thousands of requests a second from one address.

@@ -1,11 +1,11 @@
-"""What the trace sink (native/otlp_receiver.py) received: spans, and traced requests (each
+"""What the trace sink (tests/otlp_receiver.py) received: spans, and traced requests (each
 traced request makes one server span, beside a span per Redis command)."""
 
 from __future__ import annotations
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from native.otlp_receiver import Receiver
+from tests.otlp_receiver import Receiver
 
 SERVER = Span.SpanKind.SPAN_KIND_SERVER
 

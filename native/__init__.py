@@ -12,8 +12,9 @@ How it runs:
     run.py           `make run`, `make status`, `make stop`, `make restart`
     supervise.py     each process as an s6 service (make run's supervision)
     finish.py        what the supervisor does when a process ends
-For the tests and the benchmark:
-    harness.py       the processes under mirakuru, on free ports
-    make_run.py      `make run` driven as a user drives it
-    otlp_receiver.py a trace receiver standing in for a collector
+    console.py       make run's console lines
+    reload.py        `make reload`
+    backup.py        `make backup`, `make restore`, `make migrate`
+    ports.py         free ports, and whether one is free
+The tests' and the benchmark's harness is in tests/ (harness.py, make_run.py, otlp_receiver.py).
 """

@@ -30,7 +30,7 @@ import redis
 from mirakuru import TCPExecutor
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from native.harness import free_port
+from native.ports import free_port
 from native.processes import app_env
 from native.redis_files import redis_auth_config, redis_data_dir, redis_instance_config
 from native.settings import CLUSTER_NODES, REDIS_TOPOLOGIES, ROOT, StackConfig

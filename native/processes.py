@@ -1,6 +1,6 @@
 """What the native stack runs: each process's command line and environment, in start order.
 
-Used by `make run` (native/run.py, under s6) and by the tests (native/harness.py, under
+Used by `make run` (native/run.py, under s6) and by the tests (tests/harness.py, under
 mirakuru), so both start exactly the same processes from the same config files as docker
 compose.
 """

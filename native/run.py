@@ -16,7 +16,6 @@ import argparse
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from native import supervise
 from native.console import say
 from native.edge_cache import own_edge_cache_dir, remove_edge_cache
+from native.ports import bindable
 from native.processes import Process, prepare_stack
 from native.redis_files import redis_data_dir
 from native.settings import StackConfig
@@ -72,12 +72,8 @@ def busy_ports(cfg: StackConfig, procs: list[Process]) -> list[str]:
     ports.update({f"{p.name} port": p.port for p in procs if p.port})
     busy = []
     for label, port in sorted(ports.items(), key=lambda item: item[1]):
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(f"{port} ({label})")
+        if not bindable(port, reuse_address=True):
+            busy.append(f"{port} ({label})")
     return busy
 
 

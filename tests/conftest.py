@@ -15,10 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from mirakuru import TCPExecutor
 
-from native.harness import CORE, Stack, free_port, make_stack, redis_executor
-from native.otlp_receiver import Receiver, start_receiver
+from native.ports import free_port
 from service.app import create_app
 from tests.docker_engine import Engine
+from tests.harness import CORE, Stack, make_stack, redis_executor
+from tests.otlp_receiver import Receiver, start_receiver
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from native.harness import edge_session
+from tests.harness import edge_session
 from tests.helpers import eventually, sha256
 
 CLIENTS = 4  # threads, each with its own keep-alive session through the edge

@@ -1,9 +1,11 @@
 """Helpers the tests share: plain functions, classes and constants, no fixtures.
 
 Where a test module takes what it needs from, one rule each:
-- the native stack and its processes (`make_stack`, `Stack`, `CERT`, `free_port`,
-  `redis_executor`, ...): from `native.harness` and the other `native` modules, where they
-  live; nothing re-exports them.
+- the native stack started for a test (`make_stack`, `Stack`, `CERT`, `redis_executor`,
+  `edge_session`, ...): from `tests.harness`; `make run` driven as a user drives it:
+  `tests.make_run`; the trace sink: `tests.otlp_receiver`; what the runner itself holds
+  (`free_port`, the settings, the processes): from the `native` modules. Nothing re-exports
+  them.
 - fixtures (`stack`, `stack_factory`, `redis_url`, `app`, `client`, `receiver`, ...): from
   tests/conftest.py, by pytest, by name. Nothing is imported from conftest.py.
 - what only the tests need: from here, or from the module beside it for one subject:
@@ -49,12 +51,12 @@ from tenacity import (
     wait_fixed,
 )
 
-from native.harness import Stack
 from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
 from service.redis_clients import make_client
 from service.store import MessageStore
+from tests.harness import Stack
 
 RULE_FILES = sorted((ROOT / "monitoring" / "prometheus" / "rules").glob("*.yml"))
 

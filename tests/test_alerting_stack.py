@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from native.harness import EVERYTHING, Stack, make_stack
+from tests.harness import EVERYTHING, Stack, make_stack
 from tests.helpers import eventually, prometheus_query
 
 pytestmark = pytest.mark.stack

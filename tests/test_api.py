@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from native.harness import free_port
+from native.ports import free_port
 from service.app import create_app
 from tests.helpers import FOO_DIGEST, sha256
 

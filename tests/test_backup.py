@@ -19,11 +19,11 @@ import redis
 import requests
 from redis.cluster import RedisCluster
 
-from native.harness import CERT, cluster_ports_env
-from native.make_run import MakeRun, make_run_env
 from native.settings import ROOT
 from service.backup import main as backup_main
 from service.store import KEY_PREFIX, digest_of
+from tests.harness import CERT, cluster_ports_env
+from tests.make_run import MakeRun, make_run_env
 
 # Messages as the API stores them: text of every kind, empty, large, with line breaks (the
 # format's own separator) and the footer's own words.

@@ -22,8 +22,8 @@ from bench.measure import Load, measure, run_wrk
 from bench.supervision import kind_from
 from bench.targets import EDGE, ServerConfig, Target, start
 from native.configs import NGINX_TEMPLATE
-from native.harness import CERT
 from native.settings import ROOT
+from tests.harness import CERT
 
 pytestmark = pytest.mark.stack
 

@@ -19,10 +19,11 @@ import yaml
 from mirakuru import HTTPExecutor, TCPExecutor
 
 from native.configs import NGINX_TEMPLATE, NGINX_TEMPLATE_VARS, upstream_servers
-from native.harness import edge_session, free_port
+from native.ports import free_port
 from native.settings import ROOT
 from service.config import default_workers
 from tests.compose_cli import BASE, CLUSTER, FILE_SETS, PASSWORDS, PROFILES, env_file, resolved, run
+from tests.harness import edge_session
 from tests.helpers import eventually
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 import requests
 
-from native.harness import edge_session, free_port
+from native.ports import free_port
 from native.settings import ROOT
 from tests.compose_cli import COMPOSE_CLI, env_file
 from tests.docker_engine import NOT_ON_THIS_ENGINE, Engine, Project
 from tests.edge_load import CLIENTS, Load
+from tests.harness import edge_session
 from tests.helpers import JSON, eventually, sha256
 from tests.test_readme import EXAMPLES
 

@@ -17,7 +17,6 @@ import redis
 import requests
 import yaml
 
-from native.harness import EVERYTHING, make_stack
 from native.settings import ROOT
 from tests.dashboards import (
     ANNOTATIONS,
@@ -32,6 +31,7 @@ from tests.dashboards import (
     panels,
     substitute,
 )
+from tests.harness import EVERYTHING, make_stack
 from tests.helpers import eventually, prometheus_query, prometheus_rules
 
 DATASOURCES = yaml.safe_load(

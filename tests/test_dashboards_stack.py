@@ -17,9 +17,9 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from native.harness import EVERYTHING, Stack, cluster_ports_env, make_stack
 from native.settings import CLUSTER_NODES
 from tests.dashboards import DASHBOARDS, HEALTH, REDS, panels, substitute
+from tests.harness import EVERYTHING, Stack, cluster_ports_env, make_stack
 from tests.helpers import eventually, prometheus_query
 
 pytestmark = pytest.mark.stack

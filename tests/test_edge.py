@@ -12,8 +12,8 @@ import requests
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from native.harness import CERT
 from native.settings import app_socket
+from tests.harness import CERT
 from tests.helpers import FOO_DIGEST, JSON, edge_access_lines, sha256
 
 pytestmark = pytest.mark.stack

@@ -20,9 +20,9 @@ import requests
 
 from native.configs import edge_metrics_log
 from native.edge_cache import SHARED_MEMORY, edge_cache_dir, own_edge_cache_dir
-from native.harness import Stack, edge_session, make_stack
 from native.processes import prepare_stack
 from native.settings import StackConfig
+from tests.harness import Stack, edge_session, make_stack
 from tests.helpers import edge_access_lines, eventually, mtail_one_shot, sha256
 from tests.metrics_text import value
 

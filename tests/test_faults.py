@@ -15,7 +15,8 @@ import psutil
 import pytest
 import requests
 
-from native.harness import Stack, edge_session, free_port
+from native.ports import free_port
+from tests.harness import Stack, edge_session
 from tests.helpers import sha256
 from tests.metrics_text import value
 

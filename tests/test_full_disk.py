@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from native.harness import CERT, free_port, redis_executor
-from native.make_run import MakeRun, make_run_env, until
+from native.ports import free_port
 from service.app import create_app
+from tests.harness import CERT, redis_executor
 from tests.helpers import prometheus_query, sha256
+from tests.make_run import MakeRun, make_run_env, until
 from tests.metrics_text import value
 from tests.test_metrics import scrape
 

@@ -13,9 +13,9 @@ import requests
 from mirakuru import HTTPExecutor
 
 from native.configs import render_nginx
-from native.harness import free_ports_env
 from native.processes import prepare_stack
 from native.settings import StackConfig, app_socket
+from tests.harness import free_ports_env
 from tests.helpers import eventually
 from tests.metrics_text import value
 

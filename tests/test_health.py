@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from native.harness import free_port
+from native.ports import free_port
 from service.app import create_app
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from native.harness import CERT
 from native.settings import ROOT
+from tests.harness import CERT
 from tests.helpers import JSON
 
 pytestmark = pytest.mark.stack

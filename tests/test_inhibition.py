@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from native.harness import Stack, make_stack
+from tests.harness import Stack, make_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.stack  # starts Alertmanager

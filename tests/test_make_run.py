@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from native.harness import CERT, cluster_ports_env
-from native.make_run import MakeRun, make_run_env, until
 from native.settings import ROOT
+from tests.harness import CERT, cluster_ports_env
+from tests.make_run import MakeRun, make_run_env, until
 
 pytestmark = pytest.mark.stack
 

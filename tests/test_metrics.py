@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from native.harness import free_port
+from native.ports import free_port
 from service import __version__
 from service.app import create_app
 from tests.helpers import run_in_multiprocess_mode

@@ -15,8 +15,8 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from native.configs import PROMETHEUS_JOB_PORTS
-from native.harness import EVERYTHING, Stack, edge_session, make_stack
 from native.processes import app_env
+from tests.harness import EVERYTHING, Stack, edge_session, make_stack
 from tests.metrics_text import series_count, value
 
 pytestmark = pytest.mark.stack

@@ -9,7 +9,7 @@ import pytest
 import requests
 from mirakuru import HTTPExecutor, SimpleExecutor
 
-from native.harness import free_port
+from native.ports import free_port
 from native.settings import ROOT
 from tests.helpers import eventually, mtail_one_shot
 from tests.metrics_text import value

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from native.harness import edge_session
-from native.make_run import MakeRun, make_run_env
 from native.settings import StackConfig
+from tests.harness import edge_session
+from tests.make_run import MakeRun, make_run_env
 
 BURST = 48  # clients at once, each with its own connection
 MESSAGE = "x" * 256 * 1024  # a few milliseconds of the app's time each

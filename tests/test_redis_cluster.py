@@ -14,10 +14,10 @@ import pytest
 import redis
 from mirakuru import TCPExecutor
 
-from native.harness import free_cluster_port, make_stack, redis_executor
 from native.settings import ROOT
 from service.app import create_app
 from service.config import Settings
+from tests.harness import free_cluster_port, make_stack, redis_executor
 from tests.helpers import FailoverWrites, eventually, prometheus_query, traced_store
 
 pytestmark = pytest.mark.stack

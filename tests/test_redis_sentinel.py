@@ -13,8 +13,9 @@ import pytest
 import redis
 from mirakuru import TCPExecutor
 
-from native.harness import START_TIMEOUT, free_port, redis_executor
+from native.ports import free_port
 from service.app import create_app
+from tests.harness import START_TIMEOUT, redis_executor
 from tests.helpers import FailoverWrites, eventually, sha256
 
 pytestmark = pytest.mark.stack

@@ -19,10 +19,10 @@ import psutil
 import pytest
 import requests
 
-from native.make_run import MakeRun, make_run_env
 from native.settings import ROOT
 from tests.edge_load import CLIENTS, Load
 from tests.helpers import eventually, prometheus_query
+from tests.make_run import MakeRun, make_run_env
 from tests.metrics_text import samples, value
 
 pytestmark = pytest.mark.stack

@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 from native.configs import render_alertmanager
-from native.harness import cluster_ports_env
-from native.make_run import MakeRun, make_run_env
 from native.processes import prepare_stack
 from native.settings import ROOT, StackConfig
 from tests.compose_cli import BASE, CLUSTER, PASSWORDS, env_file, resolved
+from tests.harness import cluster_ports_env
 from tests.helpers import prometheus_rules
+from tests.make_run import MakeRun, make_run_env
 
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 ALERT_RULES = ROOT / "monitoring" / "prometheus" / "rules" / "alerts.yml"

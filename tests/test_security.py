@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from native.harness import CERT
 from native.settings import ROOT
+from tests.harness import CERT
 
 COMPOSE_FILE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 COMPOSE = COMPOSE_FILE["services"]

@@ -10,12 +10,13 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 from prometheus_client import CollectorRegistry
 
-from native.harness import free_port, redis_executor
+from native.ports import free_port
 from native.settings import ROOT
 from service.config import Settings
 from service.metrics import StoreMetrics
 from service.redis_clients import make_client
 from service.store import MessageStore, StoreUnavailable, digest_of
+from tests.harness import redis_executor
 from tests.helpers import traced_store
 
 

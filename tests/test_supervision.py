@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from native.edge_cache import SHARED_MEMORY, edge_cache_dir
-from native.harness import CERT
-from native.make_run import MakeRun, make_run_env, until
 from native.settings import StackConfig
 from tests.dashboards import QUERIES, SUPERVISOR_METRICS, substitute
+from tests.harness import CERT
+from tests.make_run import MakeRun, make_run_env, until
 
 pytestmark = pytest.mark.stack
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from native.harness import Stack, make_stack
-from native.otlp_receiver import Receiver, Span, start_receiver
+from tests.harness import Stack, make_stack
 from tests.helpers import edge_access_lines
+from tests.otlp_receiver import Receiver, Span, start_receiver
 
 pytestmark = pytest.mark.stack
 

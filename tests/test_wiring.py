@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, request
 from prometheus_client import CollectorRegistry
 
-from native.harness import free_port
+from native.ports import free_port
 from service import errors, health, logs, metrics, wsgi_middleware
 from service.app import create_app
 from service.config import Settings, unset_empty_gunicorn_settings

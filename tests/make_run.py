@@ -20,8 +20,8 @@ import requests
 from mirakuru import SimpleExecutor
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from native.harness import CERT, free_ports_env
 from native.settings import ROOT, StackConfig
+from tests.harness import CERT, free_ports_env
 
 START_TIMEOUT = 180  # make run installs nothing here, but a cluster takes a while to form
 STOP_TIMEOUT = 90  # make run's own limit (native/run.py) and some

@@ -7,31 +7,25 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
-import port_for
 import redis
 import requests
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
 from native.configs import CERTIFICATE
 from native.edge_cache import own_edge_cache_dir, remove_edge_cache
+from native.ports import bindable, free_port
 from native.processes import Process, prepare_stack
 from native.redis_files import redis_instance_config
 from native.settings import DEFAULT_PORTS, StackConfig
 
 CERT = str(CERTIFICATE)
 START_TIMEOUT = 60
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    return port_for.select_random()
 
 
 # A second app instance and cluster nodes 2-6 use the ports right above the named ones.
@@ -56,18 +50,9 @@ def free_ports_env() -> dict[str, str]:
 def free_cluster_port() -> int:
     """A free port whose cluster bus port (+10000) is free too."""
     while True:
-        port = random.randint(20000, 40000)  # noqa: S311 (not a secret)
-        if all(_free(p) for p in (port, port + 10000)):
+        port = random.randint(20000, 40000)
+        if all(bindable(p) for p in (port, port + 10000)):
             return port
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def cluster_ports_env() -> dict[str, str]:
