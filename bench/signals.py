@@ -25,6 +25,7 @@ from unittest import mock
 # Metric values live in files in multiprocess mode, as under gunicorn; set before importing.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-signals-"))
 
+from opentelemetry.sdk.trace import TracerProvider
 from werkzeug.test import EnvironBuilder
 
 from native.ports import free_port
@@ -46,11 +47,9 @@ VARIANTS = {
 
 @contextlib.contextmanager
 def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
-    """create_app() without the named parts (for measuring them, never for running)."""
+    """create_app() without the named parts (for measuring them, never for running); tracing
+    is left out by giving no tracer provider."""
     with contextlib.ExitStack() as stack:
-        if "tracing" in parts:
-            stack.enter_context(mock.patch("service.telemetry.instrument_app", mock.Mock()))
-            stack.enter_context(mock.patch("service.telemetry.client_tracer", lambda: None))
         if "request id" in parts:
             stack.enter_context(mock.patch("service.request_id.init_app", lambda app: None))
         if "metrics" in parts:
@@ -58,8 +57,10 @@ def leaving_out(parts: tuple[str, ...]) -> Iterator[None]:
         yield
 
 
-def build_apps(redis_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
-    """Each variant's WSGI app."""
+def build_apps(
+    redis_url: str, provider: TracerProvider | None
+) -> dict[str, Callable[..., Iterable[bytes]]]:
+    """Each variant's WSGI app, traced by provider unless it leaves tracing out."""
     from service.app import create_app
 
     os.environ["REFERENCE_REDIS_URL"] = redis_url
@@ -67,8 +68,9 @@ def build_apps(redis_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
 
     apps: dict[str, Callable[..., Iterable[bytes]]] = {"reference": reference.wsgi_app}
     for name, (parts, sampler, settings) in VARIANTS.items():
-        with leaving_out(parts), mock.patch.dict(os.environ, {"OTEL_TRACES_SAMPLER": sampler}):
-            app = create_app({"REDIS_URL": redis_url, **settings})
+        env = {"REDIS_URL": redis_url, "OTEL_TRACES_SAMPLER": sampler, **settings}
+        with leaving_out(parts):
+            app = create_app(env, None if "tracing" in parts else provider)
         apps[name] = app.wsgi_app
     return apps
 
@@ -123,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
-            telemetry.setup_tracing()
+            provider = telemetry.setup_tracing()
             # Log lines go where gunicorn's stdout would: not this terminal.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 for handler in logging.getLogger().handlers:
                     # logs.logging_config()'s handlers: StreamHandlers
                     cast("logging.StreamHandler[TextIO]", handler).setStream(devnull)
-                apps = build_apps(redis_url)
+                apps = build_apps(redis_url, provider)
                 digest = _stored_digest(apps["reference"])
                 results = _measure(apps, args, digest)
                 telemetry.shutdown()  # the last spans, while the sink listens

@@ -119,18 +119,19 @@ class StackConfig:
             env = os.environ
         default = cls(state_dir=ROOT / ".state")
         ports = {
-            name: int(env.get(f"{name.upper()}_PORT") or port)
+            name: _whole(env, f"{name.upper()}_PORT", port, least=1)
             for name, port in DEFAULT_PORTS.items()
         }
-        app_instances = max(1, int(env.get("APP_INSTANCES") or default.app_instances))
+        app_instances = max(1, _whole(env, "APP_INSTANCES", default.app_instances))
         return cls(
             state_dir=Path(env.get("STATE_DIR") or default.state_dir).resolve(),
             ports=ports,
             numbered_ports=_numbered_ports(env, app_instances),
-            rate_limit_rps=int(env.get("RATE_LIMIT_RPS") or default.rate_limit_rps),
-            rate_limit_burst=int(env.get("RATE_LIMIT_BURST") or default.rate_limit_burst),
-            edge_app_max_conns=_max_conns(
-                env.get("EDGE_APP_MAX_CONNS") or default.edge_app_max_conns
+            rate_limit_rps=_whole(env, "RATE_LIMIT_RPS", default.rate_limit_rps),
+            rate_limit_burst=_whole(env, "RATE_LIMIT_BURST", default.rate_limit_burst),
+            # split over two server lines, and nginx reads max_conns=0 as no limit
+            edge_app_max_conns=_whole(
+                env, "EDGE_APP_MAX_CONNS", default.edge_app_max_conns, least=2
             ),
             trace_context_trusted=env.get("TRACE_CONTEXT_TRUSTED") or default.trace_context_trusted,
             edge_cache_max_size=env.get("EDGE_CACHE_MAX_SIZE") or default.edge_cache_max_size,
@@ -140,13 +141,13 @@ class StackConfig:
             alert_resend_delay=env.get("ALERT_RESEND_DELAY") or default.alert_resend_delay,
             alerts=AlertRouting.from_env(env),
             runbook_base_url=env.get("RUNBOOK_BASE_URL") or default.runbook_base_url,
-            edge_metrics_log_bytes=int(
-                env.get("EDGE_METRICS_LOG_BYTES") or default.edge_metrics_log_bytes
+            edge_metrics_log_bytes=_whole(
+                env, "EDGE_METRICS_LOG_BYTES", default.edge_metrics_log_bytes
             ),
-            log_file_bytes=int(env.get("LOG_FILE_BYTES") or default.log_file_bytes),
-            log_files=int(env.get("LOG_FILES") or default.log_files),
-            restart_limit=int(env.get("RESTART_LIMIT") or default.restart_limit),
-            restart_window=int(env.get("RESTART_WINDOW_SECONDS") or default.restart_window),
+            log_file_bytes=_whole(env, "LOG_FILE_BYTES", default.log_file_bytes),
+            log_files=_whole(env, "LOG_FILES", default.log_files),
+            restart_limit=_whole(env, "RESTART_LIMIT", default.restart_limit),
+            restart_window=_whole(env, "RESTART_WINDOW_SECONDS", default.restart_window),
             child_env=dict(env),
         )
 
@@ -228,13 +229,19 @@ def _redis_port_variable(node: int) -> str:
     return f"REDIS_{node}_PORT"
 
 
-def _max_conns(raw: str | int) -> int:
+def _whole(env: Mapping[str, str], name: str, default: int, least: int | None = None) -> int:
+    """A whole-number setting: empty means the default; a bad value stops the start with a
+    line naming the variable, not a traceback."""
+    raw = env.get(name) or ""
+    if not raw:
+        return default
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 2:  # split over two server lines, and nginx reads max_conns=0 as no limit
-        raise SystemExit(f"EDGE_APP_MAX_CONNS={raw!r}: a whole number of at least 2")
+        value = None
+    if value is None or (least is not None and value < least):
+        bound = f" of at least {least}" if least is not None else ""
+        raise SystemExit(f"{name}={raw!r}: a whole number{bound}")
     return value
 
 
@@ -246,7 +253,7 @@ def _numbered_ports(env: Mapping[str, str], app_instances: int) -> dict[str, int
         for kind in ("app", "app_metrics")
     ]
     nodes = [_redis_port_variable(n) for n in range(2, CLUSTER_NODES + 1)]
-    return {name: int(value) for name in [*apps, *nodes] if (value := env.get(name))}
+    return {name: _whole(env, name, 0, least=1) for name in [*apps, *nodes] if env.get(name)}
 
 
 def app_addresses(cfg: StackConfig, kind: str = "app") -> list[str]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response
+from opentelemetry.sdk.trace import TracerProvider
 
 from service import (
     api,
@@ -27,13 +28,16 @@ from service.redis_clients import make_client
 from service.store import MessageStore
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from settings, a mapping of setting names, or the environment.
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Flask:
+    """Build the app from settings, a mapping of setting names (the OTEL_* ones included), or
+    the environment; traced by tracer_provider, if given (a gunicorn worker's: service/wsgi.py).
 
     The parts are added in the order below, each where its comment says why. What makes the
     order matter: Flask runs before_request hooks in the order they were added and
-    after_request hooks in the reverse order, and WSGI middleware added later runs earlier.
-    In a gunicorn worker, telemetry.setup_tracing() has run already (post_fork)."""
+    after_request hooks in the reverse order, and WSGI middleware added later runs earlier."""
     env = config if isinstance(config, Mapping) else os.environ
     settings = config if isinstance(config, Settings) else Settings.from_env(env)
     app = _flask_app(settings)
@@ -49,11 +53,11 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         app, settings.revision, ServerSettings.from_env(env).capacity, settings.instances_expected
     )
     # The store before the routes that use it (health.init_app checks).
-    app.extensions["message_store"] = _message_store(settings, store_metrics)
+    app.extensions["message_store"] = _message_store(settings, store_metrics, tracer_provider)
     # Tracing after the stamp and the metrics' middleware, so that their timings and counts
     # leave out its sampling decision and instrumentation, as for an untraced request; before
     # the request id, whose before_request hook tags the span that tracing's hook starts.
-    telemetry.instrument_app(app)
+    telemetry.instrument_app(app, tracer_provider, env)
     request_id.init_app(app)
     # The access line (if asked for) anywhere after the stamp: it reads the request id and
     # trace context when it logs, after every before_request hook has run.
@@ -87,9 +91,11 @@ def _flask_app(settings: Settings) -> Flask:
     return app
 
 
-def _message_store(settings: Settings, store_metrics: StoreMetrics) -> MessageStore:
-    """The store; its Redis commands are traced only if this process set up tracing
-    (telemetry.client_tracer)."""
+def _message_store(
+    settings: Settings, store_metrics: StoreMetrics, tracer_provider: TracerProvider | None
+) -> MessageStore:
+    """The store; its Redis commands are traced (for traced requests) only with a provider."""
     wait = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     connect = functools.partial(make_client, settings)
-    return MessageStore(connect, store_metrics, wait, trace_client=telemetry.client_tracer())
+    trace_client = telemetry.client_tracer(tracer_provider)
+    return MessageStore(connect, store_metrics, wait, trace_client=trace_client)

@@ -265,21 +265,27 @@ class _DecidedSampler(Sampler):
         return "DecidedBeforeTracing"
 
 
-def client_tracer() -> Callable[[Any], None] | None:
-    """What makes a Redis client trace its commands, if this process set up tracing. The
+def process_tracer_provider() -> TracerProvider | None:
+    """The tracer provider this process set up (setup_tracing: a gunicorn worker's, in
+    post_fork), if any."""
+    provider = trace.get_tracer_provider()
+    return provider if isinstance(provider, TracerProvider) else None
+
+
+def client_tracer(provider: TracerProvider | None) -> Callable[[Any], None] | None:
+    """What makes a Redis client trace its commands to provider (None: no tracing). The
     store uses an instrumented client for traced requests only: instrumenting every client
     (RedisInstrumentor().instrument()) puts a wrapper, and a context lookup, on every command
     of every request."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    if provider is None:
         return None
     return functools.partial(RedisInstrumentor.instrument_client, tracer_provider=provider)
 
 
-def instrument_app(app: Flask, env: Mapping[str, str] = os.environ) -> None:
-    """Give every sampled request a server span, if this process set up tracing."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+def instrument_app(app: Flask, provider: TracerProvider | None, env: Mapping[str, str]) -> None:
+    """Give every sampled request a server span, traced by provider (None: no tracing), as
+    env's OTEL_TRACES_SAMPLER(_ARG) and OTEL_PYTHON_FLASK_EXCLUDED_URLS say."""
+    if provider is None:
         return
     excluded = env.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS", EXCLUDED_URLS)
     FlaskInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded)

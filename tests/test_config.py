@@ -51,6 +51,36 @@ def test_bad_values_are_refused_with_the_name(env):
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("EDGE_PORT", "https"),
+        ("EDGE_PORT", "0"),
+        ("RATE_LIMIT_RPS", "10/s"),
+        ("LOG_FILES", "3.5"),
+        ("RESTART_WINDOW_SECONDS", "a minute"),
+        ("APP_INSTANCES", "two"),
+        ("APP_2_PORT", "x"),
+    ],
+)
+def test_the_runners_bad_values_stop_it_with_one_line_naming_the_variable(name, bad):
+    env = {"APP_INSTANCES": "2", name: bad} if name == "APP_2_PORT" else {name: bad}
+    with pytest.raises(SystemExit) as stopped:
+        StackConfig.from_env(env)
+    (line,) = str(stopped.value).splitlines()
+    assert line.startswith(f"{name}={bad!r}: a whole number"), line
+
+
+def test_the_runners_empty_values_mean_default():
+    empty = StackConfig.from_env({"RATE_LIMIT_RPS": "", "EDGE_PORT": "", "LOG_FILES": ""})
+    default = StackConfig.from_env({})
+    assert (empty.rate_limit_rps, empty.edge_port, empty.log_files) == (
+        default.rate_limit_rps,
+        default.edge_port,
+        default.log_files,
+    )
+
+
 def test_server_settings():
     s = ServerSettings.from_env(
         {"APP_BIND": "127.0.0.1:9", "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4"}

@@ -6,7 +6,6 @@ sampler's result and probability on the span, and a trusted caller's decision ho
 from __future__ import annotations
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
@@ -159,20 +158,22 @@ def test_an_operator_on_the_old_environment_name_gets_no_second_one(operator_env
 
 
 @pytest.fixture
-def traced(monkeypatch, redis_url):
+def traced(redis_url):
     """Makes a traced app, as a gunicorn worker has it (telemetry.tracer_provider, the app
     from create_app), with the given OTEL_TRACES_SAMPLER(_ARG); its spans are kept in memory.
-    The provider stands in for the process's global one for this test only."""
+    No global provider is set: the app depends on its arguments only."""
     exporter = InMemorySpanExporter()
     provider = telemetry.tracer_provider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     apps = []
 
     def make(sampler: str, arg: str = ""):
-        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
-        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
-        apps.append(create_app({"REDIS_URL": redis_url}))
+        env = {
+            "REDIS_URL": redis_url,
+            "OTEL_TRACES_SAMPLER": sampler,
+            "OTEL_TRACES_SAMPLER_ARG": arg,
+        }
+        apps.append(create_app(env, tracer_provider=provider))
         return apps[-1].test_client(), exporter
 
     yield make
