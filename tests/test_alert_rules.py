@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from native.settings import ROOT
+from tests.dashboards import DASHBOARDS, QUERIES, panels
 from tests.helpers import RULE_FILES, prometheus_rules
 
 PROMETHEUS = ROOT / "monitoring" / "prometheus"
@@ -88,3 +89,37 @@ def test_the_latency_thresholds_the_rules_count_are_boundaries_of_every_request_
         (buckets,) = re.findall(rf"histogram {name} .* buckets (.+)", mtail)
         assert thresholds <= {float(b) for b in buckets.split(",")}, name
     assert thresholds <= set(REQUEST_BUCKETS)
+
+
+OBJECTIVES = ("slo:edge_availability:error_budget", "slo:edge_latency:error_budget")
+
+
+def test_each_slo_objective_is_written_once():
+    """Each SLO's objective is a number in one place, its error budget's recording rule: no
+    other rule, no dashboard query and no panel threshold writes it again (they read the
+    series), so changing an objective is a one-line change."""
+    recorded = {rule["record"]: rule["expr"] for rule in prometheus_rules("record")}
+    numbers = [re.fullmatch(r"vector\(([\d.]+)\)", recorded[name]).group(1) for name in OBJECTIVES]
+    assert sorted(float(n) for n in numbers) == [0.001, 0.01]
+    literal = re.compile(rf"(?<![\w.])(?:{'|'.join(map(re.escape, numbers))})(?![\d])")
+    restated = [
+        rule.get("alert") or rule["record"]
+        for kind in ("alert", "record")
+        for rule in prometheus_rules(kind)
+        if literal.search(rule["expr"]) and rule.get("record") not in OBJECTIVES
+    ]
+    restated += [f"{name}: {title}" for name, title, expr in QUERIES if literal.search(expr)]
+    restated += [
+        f"{name}: {panel['title']} (threshold)"
+        for name, board in DASHBOARDS.items()
+        for panel in panels(board)
+        for step in panel.get("fieldConfig", {})
+        .get("defaults", {})
+        .get("thresholds", {})
+        .get("steps", [])
+        if step["value"] is not None and literal.fullmatch(repr(step["value"]))
+    ]
+    assert not restated, f"an objective is written again in: {restated}"
+    for name in OBJECTIVES:  # and both are read
+        assert any(name in rule["expr"] for rule in ALERTS), name
+        assert any(name in expr for _, _, expr in QUERIES), name

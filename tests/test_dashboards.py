@@ -49,7 +49,9 @@ HEARTBEATS = {"Watchdog"} | {r["alert"] for r in ALERT_RULES if r["expr"].strip(
 # Grafana's ways of drawing thresholds on a time series ("off", the default, draws none).
 THRESHOLD_STYLES = {"line", "dashed", "line+area", "dashed+area", "area"}
 # A burn-rate target: an SLI's error ratio over a window, divided by the error budget.
-BURN_RATE = re.compile(r"slo:edge_(\w+):error_ratio_rate(\w+) / ([\d.]+)")
+BURN_RATE = re.compile(
+    r"slo:edge_(\w+):error_ratio_rate(\w+) / scalar\(slo:edge_(\w+):error_budget\)"
+)
 
 
 def test_the_four_dashboards_exist():
@@ -148,17 +150,18 @@ def test_time_series_draw_their_thresholds(name):
             assert style == "off", f"{panel['title']} draws thresholds it does not define"
 
 
-def alert_burn_rates(sli: str) -> tuple[float, dict[str, float]]:
-    """An SLO's error budget, and the burn rate its alerts fire above, by long window: each
-    "(<long window> > factor * budget and <short window> > ...)" of the burn-rate alerts."""
-    pair = re.compile(rf"\(slo:edge_{sli}:error_ratio_rate(\w+) > (?:([\d.]+) \* )?([\d.]+) and ")
-    rates, budgets = {}, set()
-    for rule in ALERT_RULES:
-        for window, factor, budget in pair.findall(rule["expr"]):
-            rates[window] = float(factor or 1)
-            budgets.add(float(budget))
-    (budget,) = budgets
-    return budget, rates
+def alert_burn_rates(sli: str) -> dict[str, float]:
+    """The burn rate an SLO's alerts fire above, by long window: each "(<long window> >
+    factor * scalar(<the SLO's error budget>) and <short window> > ...)" of the alerts."""
+    pair = re.compile(
+        rf"\(slo:edge_{sli}:error_ratio_rate(\w+) > ([\d.]+) "
+        rf"\* scalar\(slo:edge_{sli}:error_budget\) and "
+    )
+    return {
+        window: float(factor)
+        for rule in ALERT_RULES
+        for window, factor in pair.findall(rule["expr"])
+    }
 
 
 def test_burn_rate_panels_divide_by_the_budget_and_draw_where_the_alerts_fire():
@@ -171,8 +174,8 @@ def test_burn_rate_panels_divide_by_the_budget_and_draw_where_the_alerts_fire():
     assert {found[0][1] for _, found in burn_rates} == {"availability", "latency"}
     for panel, found in burn_rates:
         (sli,) = {m[1] for m in found}
-        budget, rates = alert_burn_rates(sli)
-        assert {float(m[3]) for m in found} == {budget}, panel["title"]
+        rates = alert_burn_rates(sli)
+        assert {m[3] for m in found} == {sli}, panel["title"]  # divided by its own budget
         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
         drawn = {s["value"] for s in steps if s["value"] is not None}
         assert drawn == {rates[m[2]] for m in found}, panel["title"]
@@ -188,6 +191,8 @@ def test_the_5xx_ratio_counts_the_requests_the_availability_slo_counts():
         if p["title"].startswith("5xx ratio")
     ]
     for target in panel["targets"]:
+        if target["expr"] == "scalar(slo:edge_availability:error_budget)":
+            continue  # the budget, drawn beside the ratios
         metrics = re.findall(
             r"edge_http_requests_total|flask_http_request_duration_seconds_count", target["expr"]
         )
