@@ -103,35 +103,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def reference_model(bench: Bench, document: dict[str, Any]) -> ServerConfig:
-    """--reference, or the default with --no-sweep, or the best of the sweep."""
-    args = bench.args
-    if args.reference:
-        reference = ServerConfig.parse(args.reference)
-    elif args.no_sweep:
-        reference = NO_SWEEP_REFERENCE
+def best_model(bench: Bench, document: dict[str, Any], name: str) -> ServerConfig:
+    """The model of "reference" or "peer": --reference/--peer, or the default with
+    --no-sweep, or the best of the sweep (both are measured at their best, over the same
+    candidates)."""
+    given = getattr(bench.args, name)
+    if given:
+        model = ServerConfig.parse(given)
+    elif bench.args.no_sweep:
+        model = NO_SWEEP_REFERENCE
     else:
-        print("sweep: the reference app's gunicorn models", flush=True)
+        print(f"sweep: the {name}'s gunicorn models", flush=True)
         bench.phase = "sweep"
-        reference, document["reference_sweep"] = bench.sweep("reference", REFERENCE_CANDIDATES)
-    document["reference_server"] = reference.label
-    return reference
-
-
-def peer_model(bench: Bench, document: dict[str, Any]) -> ServerConfig:
-    """--peer, or the default with --no-sweep, or the best of the sweep: the instrumented
-    peer is measured at its best too, over the reference's candidates."""
-    args = bench.args
-    if args.peer:
-        peer = ServerConfig.parse(args.peer)
-    elif args.no_sweep:
-        peer = NO_SWEEP_REFERENCE
-    else:
-        print("sweep: the instrumented peer's gunicorn models", flush=True)
-        bench.phase = "sweep"
-        peer, document["peer_sweep"] = bench.sweep("peer", REFERENCE_CANDIDATES)
-    document["peer_server"] = peer.label
-    return peer
+        model, document[f"{name}_sweep"] = bench.sweep(name, REFERENCE_CANDIDATES)
+    document[f"{name}_server"] = model.label
+    return model
 
 
 def harness(bench: Bench, document: dict[str, Any]) -> None:
@@ -141,7 +127,7 @@ def harness(bench: Bench, document: dict[str, Any]) -> None:
     named = args.ours not in ("best", "shipped")
     ours = ServerConfig.parse(args.ours) if named else shipped_server()
     document["ours_server"] = ours.label
-    reference = reference_model(bench, document)
+    reference = best_model(bench, document, "reference")
     if not args.no_scaling:
         print("scaling: the service by worker model and count", flush=True)
         bench.phase = "scaling"
@@ -189,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, Path(scratch), sink, peer_sink)
         try:
             if shipped:
-                models = reference_model(bench, document), peer_model(bench, document)
+                models = [best_model(bench, document, n) for n in ("reference", "peer")]
                 headline.shipped(bench, document, *models)
             else:
                 harness(bench, document)

@@ -211,12 +211,14 @@ def start(
     """Start the service ("ours"), the reference app or the instrumented peer (exporting its
     traces to sink) with the given process model."""
     folder.mkdir(parents=True, exist_ok=True)
-    peer = _Peer(folder, sink)
-    adjusts: dict[str, Callable[[Process], Process]] = {"reference": _reference_app, "peer": peer}
+    peer = _Peer(folder, sink) if name == "peer" else None
+    adjust: Callable[[Process], Process] | None = peer
+    if name == "reference":
+        adjust = _reference_app
     # parts and adjust given in place, so that the settings can only be settings
-    stack = make_stack(folder, CORE, adjusts.get(name), **LOAD_TEST_LIMITS, **server.env, **env)
+    stack = make_stack(folder, CORE, adjust, **LOAD_TEST_LIMITS, **server.env, **env)
     stack.start()
-    port = peer.metrics_port if name == "peer" else None
+    port = peer.metrics_port if peer else None
     return Target(name=name, server=server, stack=stack, peer_metrics_port=port)
 
 
